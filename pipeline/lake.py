@@ -1,0 +1,160 @@
+"""The lake: one root directory holding every stage's output.
+
+Layout under the root (``MEL_HOME``, default ``./.mel``)::
+
+    tables/<name>.parquet      one table per asset (mentions, entities, quarantine, ...)
+    state/                     bookkeeping such as the file-hash cache
+    duckdb/<name>.duckdb       DuckDB caches and indexes
+    datasets/demo/             the generated demo dataset (when no dataset is configured)
+    dagster/                   DAGSTER_HOME for the UI, schedules and sensors
+
+Every file is written under a temporary name in its final directory and renamed
+into place once complete, so a crash never leaves a half-written file that a later
+run would take for done. Each table carries a ``fingerprint`` of the inputs it was
+computed from in its Parquet schema metadata; a stage reuses its stored output when
+the fingerprint of its current inputs matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TEMP_MARKER = ".tmp-"
+FINGERPRINT_KEY = b"mel.fingerprint"
+WRITTEN_AT_KEY = b"mel.written_at"
+EXTRA_KEY = b"mel.extra"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("MEL_HOME", ".mel")).resolve()
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+
+    On any exception (or a crash) ``target`` keeps its previous content and the
+    temporary file is removed (or, after a crash, left under a name no reader uses).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
+    temp = target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield temp
+        if temp.is_file():
+            with open(temp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(temp, target)
+    finally:
+        if temp.is_file():
+            temp.unlink()
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Delete temporaries of ``target`` left by processes that no longer run."""
+    for leftover in target.parent.glob(f".{target.name}{TEMP_MARKER}*"):
+        pid = leftover.name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    with atomic_path(target) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+class Lake:
+    """Paths and atomic table I/O under one root directory."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root).resolve() if root is not None else default_root()
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.root)!r})"
+
+    # -- locations -------------------------------------------------------------------
+    def table_path(self, name: str) -> Path:
+        return self.root / "tables" / f"{name}.parquet"
+
+    def state_path(self, name: str) -> Path:
+        return self.root / "state" / name
+
+    def duckdb_path(self, name: str) -> Path:
+        return self.root / "duckdb" / f"{name}.duckdb"
+
+    def dir(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def demo_dataset_dir(self) -> Path:
+        return self.root / "datasets" / "demo"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    # -- tables ----------------------------------------------------------------------
+    def write_table(
+        self, name: str, table: pa.Table, fingerprint: str, extra: dict | None = None
+    ) -> Path:
+        """Write ``table`` atomically, recording the fingerprint of its inputs."""
+        metadata = dict(table.schema.metadata or {})
+        metadata[FINGERPRINT_KEY] = fingerprint.encode()
+        metadata[WRITTEN_AT_KEY] = dt.datetime.now(dt.timezone.utc).isoformat().encode()
+        if extra:
+            metadata[EXTRA_KEY] = json.dumps(extra, sort_keys=True).encode()
+        table = table.replace_schema_metadata(metadata)
+        target = self.table_path(name)
+        with atomic_path(target) as temp:
+            pq.write_table(table, temp, compression="zstd")
+        return target
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        path = self.table_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Table '{name}' has not been materialized yet (no file at {path})."
+            )
+        return pq.read_table(path, columns=columns)
+
+    def has_table(self, name: str) -> bool:
+        return self.table_path(name).is_file()
+
+    def table_fingerprint(self, name: str) -> str | None:
+        """The fingerprint stored with a table, or None when it does not exist."""
+        path = self.table_path(name)
+        if not path.is_file():
+            return None
+        metadata = pq.read_schema(path).metadata or {}
+        value = metadata.get(FINGERPRINT_KEY)
+        return value.decode() if value else None
+
+    def table_extra(self, name: str) -> dict:
+        metadata = pq.read_schema(self.table_path(name)).metadata or {}
+        value = metadata.get(EXTRA_KEY)
+        return json.loads(value) if value else {}
+
+    def tables_up_to_date(self, names: list[str], fingerprint: str) -> bool:
+        return all(self.table_fingerprint(name) == fingerprint for name in names)
