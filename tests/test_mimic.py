@@ -1,0 +1,264 @@
+"""Ingestion of the MIMIC layout: what is kept, what is quarantined and why."""
+
+import json
+
+import pytest
+
+from pipeline.errors import MELUserError
+from pipeline.mimic import ingest_dataset
+from tests.conftest import write_image
+
+
+def ingest(dataset, lake, **kwargs):
+    report = ingest_dataset(dataset.write(), lake, **kwargs)
+    mentions = {row["mention_id"]: row for row in lake.read_table("mentions").to_pylist()}
+    quarantine = lake.read_table("quarantine").to_pylist()
+    return report, mentions, quarantine
+
+
+def only_row(rows, **match):
+    found = [row for row in rows if all(row[k] == v for k, v in match.items())]
+    assert len(found) == 1, f"expected one row matching {match}, got {found}"
+    return found[0]
+
+
+# -- the real MIMIC field names ------------------------------------------------------------
+
+
+def test_reads_every_split_and_the_kb(dataset, lake):
+    report, mentions, quarantine = ingest(dataset, lake)
+
+    assert sorted(mentions) == ["dev:20", "test:30", "train:10"]
+    train = mentions["train:10"]
+    assert (train["split"], train["mention"], train["gold_qid"], train["gold_index"]) == ("train", "Jordan", "Q41421", 0)
+    assert train["image_path"] == "mention_image/10.jpg" and train["has_image"]
+    assert train["image_digest"] and len(train["image_digest"]) == 32
+    assert mentions["test:30"]["has_image"] is False and mentions["test:30"]["image_path"] is None
+
+    entities = lake.read_table("entities").to_pylist()
+    assert [(e["kb_index"], e["qid"], e["name"]) for e in entities] == [
+        (0, "Q41421", "Jordan"), (1, "Q810", "Jordan"), (2, "Q1", "Universe")]
+    assert entities[0]["image_paths"] == ["kb_image/Q41421_0.jpg"]
+    assert entities[0]["description"] == "American basketball player"
+    assert entities[2]["has_image"] is False
+    assert quarantine == []
+    assert report.stats["mentions_train"] == 1 and report.stats["entities"] == 3
+
+
+def test_string_ids_quoted_mentions_and_renamed_images(dataset, lake):
+    dataset.prefix = "wiki_diverse"
+    dataset.mention_image_dir = "mention_images"  # RichpediaMEL's folder name
+    dataset.write()
+    dataset.splits["train"][0].update(id="WD_7", mentions="Jordan%20River", imgPath="7.png")
+    write_image(dataset.root / "mention_images" / "7.jpg")  # converted to JPEG, name kept
+    ingest_dataset(dataset.write_json(), lake)
+
+    mentions = {row["mention_id"]: row for row in lake.read_table("mentions").to_pylist()}
+    quarantine = lake.read_table("quarantine").to_pylist()
+
+    row = mentions["train:WD_7"]
+    assert row["mention"] == "Jordan River"
+    assert row["image_path"] == "mention_images/7.jpg"
+    assert quarantine == []
+
+
+def test_nil_answers_are_kept_flagged_and_counted(dataset, lake):
+    dataset.splits["train"].append(
+        {"id": 11, "sentence": "Nobody knows Zork.", "mentions": "Zork", "imgPath": "", "answer": "nil"})
+
+    report, mentions, quarantine = ingest(dataset, lake)
+
+    nil = mentions["train:11"]
+    assert nil["is_nil"] and nil["gold_qid"] is None and nil["gold_index"] is None
+    assert report.stats["nil_train"] == 1
+    assert quarantine == []
+
+
+def test_a_record_description_is_kept(dataset, lake):
+    dataset.splits["dev"][0]["desc"] = "country in Western Asia"
+    _, mentions, _ = ingest(dataset, lake)
+    assert mentions["dev:20"]["description"] == "country in Western Asia"
+
+
+# -- every quarantine reason ---------------------------------------------------------------
+
+
+def test_malformed_json_costs_only_the_broken_record(dataset, lake):
+    dataset.write()
+    good = json.dumps(dataset.splits["train"][0])
+    other = json.dumps({**dataset.splits["train"][0], "id": 12})
+    (dataset.root / "WIKIMEL_train.json").write_text(f'[{good},\n{{"id": 11, "sentence": oops}},\n{other}]')
+
+    report = ingest_dataset(dataset.root, lake)
+
+    mentions = lake.read_table("mentions").column("mention_id").to_pylist()
+    assert "train:10" in mentions and "train:12" in mentions
+    row = only_row(lake.read_table("quarantine").to_pylist(), reason_code="malformed_json")
+    assert (row["file"], row["record_index"], row["action"]) == ("WIKIMEL_train.json", 1, "dropped")
+    assert "line 2" in row["reason"]
+    assert report.stats["quarantined_records"] == 1
+
+
+def test_truncated_file_keeps_the_complete_records(dataset, lake):
+    dataset.write()
+    text = (dataset.root / "WIKIMEL_train.json").read_text()
+    records = json.dumps([dataset.splits["train"][0], {**dataset.splits["train"][0], "id": 12}])
+    (dataset.root / "WIKIMEL_train.json").write_text(records[: len(records) - 20])
+    assert text  # the valid file existed before it was cut
+
+    ingest_dataset(dataset.root, lake)
+
+    assert "train:10" in lake.read_table("mentions").column("mention_id").to_pylist()
+    row = only_row(lake.read_table("quarantine").to_pylist(), reason_code="malformed_json")
+    assert "truncated" in row["reason"]
+
+
+def test_missing_field(dataset, lake):
+    del dataset.splits["dev"][0]["sentence"]
+    _, mentions, quarantine = ingest(dataset, lake)
+    assert "dev:20" not in mentions
+    row = only_row(quarantine, reason_code="missing_field")
+    assert (row["file"], row["record_index"], row["record_id"], row["field"]) == ("WIKIMEL_dev.json", 0, "20", "sentence")
+
+
+def test_wrong_type_and_empty_text(dataset, lake):
+    dataset.splits["train"].append({**dataset.splits["train"][0], "id": 11, "sentence": ["not", "text"]})
+    dataset.splits["train"].append({**dataset.splits["train"][0], "id": 12, "mentions": "  "})
+    _, mentions, quarantine = ingest(dataset, lake)
+    assert only_row(quarantine, reason_code="wrong_type")["field"] == "sentence"
+    assert only_row(quarantine, reason_code="empty_text")["record_id"] == "12"
+    assert "train:11" not in mentions and "train:12" not in mentions
+
+
+def test_gold_qid_not_in_kb(dataset, lake):
+    dataset.splits["test"][0]["answer"] = "Q999"
+    _, mentions, quarantine = ingest(dataset, lake)
+    assert "test:30" not in mentions
+    row = only_row(quarantine, reason_code="unknown_gold_qid")
+    assert "Q999" in row["reason"] and row["field"] == "answer"
+
+
+def test_image_path_escaping_the_dataset(dataset, lake):
+    dataset.splits["dev"][0]["imgPath"] = "../../etc/passwd"
+    _, mentions, quarantine = ingest(dataset, lake)
+    assert "dev:20" not in mentions
+    row = only_row(quarantine, reason_code="path_escape")
+    assert "../../etc/passwd" in row["reason"] and row["action"] == "dropped"
+
+
+def test_kb_image_path_escaping_drops_the_entity_and_its_mentions(dataset, lake):
+    dataset.kb[1]["image_list"] = ["/etc/passwd"]
+    _, mentions, quarantine = ingest(dataset, lake)
+    assert only_row(quarantine, reason_code="path_escape")["file"] == "kb_entity.json"
+    assert only_row(quarantine, reason_code="unknown_gold_qid")["record_id"] == "20"
+    assert "dev:20" not in mentions
+
+
+def test_corrupt_or_missing_image_keeps_the_mention_as_text_only(dataset, lake):
+    dataset.write()
+    (dataset.root / "mention_image" / "10.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    dataset.splits["dev"][0]["imgPath"] = "does_not_exist.jpg"
+    ingest_dataset(dataset.write_json(), lake)
+
+    mentions = {row["mention_id"]: row for row in lake.read_table("mentions").to_pylist()}
+    quarantine = lake.read_table("quarantine").to_pylist()
+
+    assert mentions["train:10"]["has_image"] is False and mentions["train:10"]["image_path"] is None
+    assert mentions["dev:20"]["has_image"] is False
+    bad = sorted((r["record_id"], r["action"]) for r in quarantine if r["reason_code"] == "bad_image")
+    assert bad == [("10", "kept_without_image"), ("20", "kept_without_image")]
+    assert any("does not exist" in r["reason"] for r in quarantine)
+
+
+def test_truncated_jpeg_is_reported(dataset, lake):
+    dataset.write()
+    path = dataset.root / "kb_image" / "Q810_0.jpg"
+    write_image(path, size=(256, 256))
+    path.write_bytes(path.read_bytes()[:400])
+
+    ingest_dataset(dataset.root, lake)
+
+    row = only_row(lake.read_table("quarantine").to_pylist(), reason_code="bad_image")
+    assert row["file"] == "kb_entity.json" and row["action"] == "ignored"
+    jordan = lake.read_table("entities").to_pylist()[1]
+    assert jordan["has_image"] is False and jordan["image_paths"] == []
+
+
+def test_duplicate_ids(dataset, lake):
+    dataset.splits["train"].append({**dataset.splits["train"][0], "sentence": "A second record with id 10."})
+    dataset.kb.append({**dataset.kb[2], "entity_name": "Another universe"})
+    _, mentions, quarantine = ingest(dataset, lake)
+    duplicates = sorted((r["file"], r["record_index"]) for r in quarantine if r["reason_code"] == "duplicate_id")
+    assert duplicates == [("WIKIMEL_train.json", 1), ("kb_entity.json", 3)]
+    assert mentions["train:10"]["sentence"] == "Jordan scored 40 points."  # the first one wins
+
+
+def test_non_utf8_text(dataset, lake):
+    dataset.write()
+    raw = json.dumps(dataset.splits["test"]).encode().replace(b"expanding", b"expand\xe9ng")
+    (dataset.root / "WIKIMEL_test.json").write_bytes(raw)
+
+    ingest_dataset(dataset.root, lake)
+
+    row = only_row(lake.read_table("quarantine").to_pylist(), reason_code="non_utf8")
+    assert (row["file"], row["field"]) == ("WIKIMEL_test.json", "sentence")
+    assert lake.read_table("mentions").num_rows == 2
+
+
+# -- the dataset itself is unusable: one clear sentence ------------------------------------
+
+
+def test_missing_dataset_directory(tmp_path, lake):
+    with pytest.raises(MELUserError, match=r"The dataset directory .*nowhere does not exist\."):
+        ingest_dataset(tmp_path / "nowhere", lake)
+
+
+def test_missing_required_file(dataset, lake):
+    dataset.write()
+    (dataset.root / "kb_entity.json").unlink()
+    with pytest.raises(MELUserError, match=r"The dataset is missing .*kb_entity\.json\."):
+        ingest_dataset(dataset.root, lake)
+
+
+def test_missing_split_file(dataset, lake):
+    dataset.write()
+    (dataset.root / "WIKIMEL_dev.json").unlink()
+    with pytest.raises(MELUserError, match=r"has no \*_dev\.json file"):
+        ingest_dataset(dataset.root, lake)
+
+
+def test_unreadable_qid2id(dataset, lake):
+    dataset.write()
+    (dataset.root / "qid2id.json").write_text('{"Q1": 2')
+    with pytest.raises(MELUserError, match=r"qid2id\.json cannot be read"):
+        ingest_dataset(dataset.root, lake)
+
+
+# -- reuse by content hash -----------------------------------------------------------------
+
+
+def test_unchanged_inputs_reuse_the_stored_tables(dataset, lake):
+    first = ingest_dataset(dataset.write(), lake)
+    written = lake.table_path("mentions").stat().st_mtime_ns
+
+    second = ingest_dataset(dataset.root, lake)
+
+    assert (first.reused, second.reused) == (False, True)
+    assert second.fingerprint == first.fingerprint
+    assert lake.table_path("mentions").stat().st_mtime_ns == written
+
+
+def test_touched_but_identical_files_are_still_reused(dataset, lake):
+    ingest_dataset(dataset.write(), lake)
+    kb = dataset.root / "kb_entity.json"
+    kb.write_bytes(kb.read_bytes())  # new mtime, same content
+    assert ingest_dataset(dataset.root, lake).reused
+
+
+def test_changed_content_is_ingested_again(dataset, lake):
+    first = ingest_dataset(dataset.write(), lake)
+    write_image(dataset.root / "mention_image" / "20.jpg", color=(0, 255, 0))
+
+    second = ingest_dataset(dataset.root, lake)
+
+    assert not second.reused and second.fingerprint != first.fingerprint
