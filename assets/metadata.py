@@ -1,0 +1,40 @@
+"""Turn Parquet tables and stage statistics into metadata that reads well in the UI."""
+
+
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+
+def _cell(value, width: int = 60) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_(no rows)_"
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def preview(table: pa.Table, rows: int = 10, columns: list[str] | None = None) -> dg.MetadataValue:
+    return dg.MetadataValue.md(markdown_table(table.slice(0, rows).to_pylist(), columns))
+
+
+def column_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+
+
+def table_metadata(table: pa.Table, path: Path, preview_columns: list[str] | None = None) -> dict:
+    """Row count, schema, location and a preview: what every table asset shows."""
+    return {
+        "dagster/row_count": table.num_rows,
+        "dagster/column_schema": column_schema(table.schema),
+        "path": dg.MetadataValue.path(str(path)),
+        "preview": preview(table, columns=preview_columns),
+    }
