@@ -1,0 +1,176 @@
+"""The `wikidata_candidates` stage: settings, choice of source, reuse, and the tables it writes.
+
+The stored tables are reused when their fingerprint matches (mentions table, source
+identity, number of candidates, language, code version) and the run that wrote them
+had no failed lookup. After failures the stage runs again, and the cache makes that
+cheap: only the failed strings go back to the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.errors import MELUserError
+from pipeline.hashing import hash_bytes, hash_strings
+from pipeline.lake import Lake
+from pipeline.wikidata.api import DEFAULT_ENDPOINT, WikidataAPIClient
+from pipeline.wikidata.cache import LookupCache
+from pipeline.wikidata.candidates import retrieve_candidates
+from pipeline.wikidata.dump import LANGUAGE_CODE, OPENERS, DumpIndex
+from pipeline.wikidata.search import CachedSearcher
+
+CANDIDATES_VERSION = "1"  # bump when the output changes for the same inputs
+TABLES = ("wikidata_candidates", "wikidata_failures")
+SOURCES = ("auto", "dump", "api")
+DUMP_ENV = "MEL_WIKIDATA_DUMP"
+DATASET_DUMP_DIR = "wikidata"
+RUN_COUNTERS = ("cache_hits", "looked_up", "retried_failures", "http_requests", "dump_lines_read")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WikidataSettings:
+    source: str = "auto"  # "dump" | "api" | "auto"
+    dump_path: str = ""  # empty: $MEL_WIKIDATA_DUMP, else the dataset's wikidata/ dump (auto)
+    endpoint: str = DEFAULT_ENDPOINT
+    user_agent: str = ""  # empty: api.default_user_agent()
+    requests_per_second: float = 5.0
+    max_retries: int = 5
+    timeout_s: float = 30.0
+    language: str = "en"
+    max_candidates: int = 10
+
+    def configured_dump(self) -> str:
+        return self.dump_path or os.environ.get(DUMP_ENV, "")
+
+    def check(self) -> None:
+        if self.source not in SOURCES:
+            raise MELUserError(f"The WikiData source {self.source!r} is not one of {', '.join(SOURCES)} "
+                               f"(setting `source`).")
+        if not LANGUAGE_CODE.match(self.language):
+            raise MELUserError(f"The language {self.language!r} is not a WikiData language code such as 'en' "
+                               f"(setting `language`).")
+        if self.max_candidates < 1:
+            raise MELUserError(f"`max_candidates` must be 1 or more (got {self.max_candidates}).")
+
+
+@dataclass
+class CandidatesReport:
+    reused: bool
+    fingerprint: str
+    content_hash: str
+    stats: dict = field(default_factory=dict)
+
+
+def find_dataset_dump(dataset_dir: Path) -> Path | None:
+    """The dump a dataset carries in `<dataset>/wikidata/`, if any (the demo dataset has one)."""
+    folder = Path(dataset_dir) / DATASET_DUMP_DIR
+    if not folder.is_dir():
+        return None
+    dumps = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(tuple(OPENERS)))
+    if len(dumps) > 1:
+        names = ", ".join(p.name for p in dumps)
+        raise MELUserError(f"{folder} holds several WikiData dumps ({names}); set `dump_path` to the one to use.")
+    return dumps[0] if dumps else None
+
+
+def resolve_source(settings: WikidataSettings, find_dataset_dir: Callable[[], Path | None]) -> tuple[str, Path | None]:
+    """("dump", path) or ("api", None) from the settings; the dataset is looked at only for "auto"."""
+    settings.check()
+    configured = settings.configured_dump()
+    if settings.source == "api":
+        return "api", None
+    if configured:
+        return "dump", Path(configured).expanduser()
+    if settings.source == "dump":
+        raise MELUserError(f"The WikiData source is 'dump' but no dump is configured; set `dump_path` "
+                           f"(or ${DUMP_ENV}).")
+    dataset_dir = find_dataset_dir()
+    dump = find_dataset_dump(dataset_dir) if dataset_dir is not None else None
+    return ("dump", dump) if dump is not None else ("api", None)
+
+
+@contextlib.contextmanager
+def open_searcher(settings: WikidataSettings, lake: Lake, find_dataset_dir: Callable[[], Path | None],
+                  logger=log, **client_options) -> Iterator[CachedSearcher]:
+    """The configured source behind the lookup cache; `client_options` reach the API client (tests)."""
+    kind, dump = resolve_source(settings, find_dataset_dir)
+    with LookupCache(lake.duckdb_path("wikidata")) as cache:
+        if kind == "dump":
+            searcher = DumpIndex(dump, cache, lake.dir("duckdb"), logger=logger)
+        else:
+            searcher = WikidataAPIClient(
+                cache, endpoint=settings.endpoint, user_agent=settings.user_agent,
+                requests_per_second=settings.requests_per_second, max_retries=settings.max_retries,
+                timeout_s=settings.timeout_s, logger=logger, **client_options)
+        try:
+            yield searcher
+        finally:
+            searcher.close()
+
+
+def build_wikidata_candidates(
+    lake: Lake,
+    settings: WikidataSettings,
+    find_dataset_dir: Callable[[], Path | None] = lambda: None,
+    *,
+    force: bool = False,
+    logger=log,
+    **client_options,
+) -> CandidatesReport:
+    """Write `wikidata_candidates` and `wikidata_failures`, or reuse them when nothing changed."""
+    started = time.monotonic()
+    mentions_fingerprint = lake.table_fingerprint("mentions")
+    if mentions_fingerprint is None:
+        raise MELUserError(f"The mentions table has not been materialized yet (no file at "
+                           f"{lake.table_path('mentions')}); materialize `mentions` first.")
+    with open_searcher(settings, lake, find_dataset_dir, logger, **client_options) as searcher:
+        fingerprint = hash_strings([CANDIDATES_VERSION, mentions_fingerprint, searcher.source,
+                                    str(settings.max_candidates), settings.language])
+        if not force and _reusable(lake, fingerprint):
+            logger.info(f"Mentions and source unchanged (fingerprint {fingerprint[:12]}), no failed lookups: "
+                        f"reusing the stored tables.")
+            stats = {**lake.table_extra("wikidata_candidates"), **dict.fromkeys(RUN_COUNTERS, 0)}
+            _warn_about_truncation(stats, logger)
+            return CandidatesReport(True, fingerprint, stats["content_hash"], stats)
+        mentions = lake.read_table("mentions", columns=["mention_id", "mention"])
+        result = retrieve_candidates(mentions, searcher, max_candidates=settings.max_candidates,
+                                     language=settings.language, logger=logger)
+    content_hash = table_content_hash(result.table)
+    stats = {**result.stats, "content_hash": content_hash, "seconds": round(time.monotonic() - started, 3)}
+    _warn_about_truncation(stats, logger)
+    lake.write_table("wikidata_failures", result.failures, fingerprint, extra=stats)
+    lake.write_table("wikidata_candidates", result.table, fingerprint, extra=stats)
+    return CandidatesReport(False, fingerprint, content_hash, stats)
+
+
+def _reusable(lake: Lake, fingerprint: str) -> bool:
+    if not lake.tables_up_to_date(list(TABLES), fingerprint):
+        return False
+    stored = lake.table_extra("wikidata_candidates")
+    return stored.get("failures") == 0 and "content_hash" in stored
+
+
+def _warn_about_truncation(stats: dict, logger) -> None:
+    if stats.get("dump_truncated_after_lines") is not None:
+        logger.warning(f"The WikiData dump {stats.get('dump_path')} is truncated after "
+                       f"{stats['dump_truncated_after_lines']:,} lines ({stats.get('dump_truncation')}); "
+                       f"items after that point cannot be found. Replace the file to re-index it.")
+
+
+def table_content_hash(table: pa.Table) -> str:
+    """A digest of a table's rows and schema (not its metadata): the asset's data version."""
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hash_bytes(sink.getvalue().to_pybytes())
