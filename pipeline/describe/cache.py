@@ -1,0 +1,131 @@
+"""The DuckDB cache of LLM choices: one row per (backend, model identity, prompt).
+
+The key is a hash of the backend, the model's identity (content digest of its files
+plus the settings that change scores, such as dtype), the choice version and the full
+prompt text with its options. It is computed without loading any model, so a run with
+every prompt cached never loads one. Rows keep the raw per-option log-likelihoods and
+token counts (with and without the sentence) next to the choice, so another scoring
+rule can be evaluated from the cache alone (bench/description_selection.py does).
+
+Each `put` is one transaction: a crash loses at most the batch in flight. One process
+writes the file at a time (DuckDB's file lock); a second gets a one-sentence error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.errors import MELUserError
+from pipeline.hashing import hash_strings
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS choices (
+    key VARCHAR PRIMARY KEY,
+    backend VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,          -- model identity: name@content digest;settings
+    chosen_index INTEGER NOT NULL,   -- into the prompt's options; the last one is "none of these"
+    chosen_qid VARCHAR,              -- as first chosen (informational: QIDs are not part of the key)
+    probabilities DOUBLE[] NOT NULL,
+    logprob_sums DOUBLE[] NOT NULL,  -- per option, after the question about the sentence
+    baseline_sums DOUBLE[] NOT NULL, -- per option, after the question without the sentence
+    token_counts INTEGER[] NOT NULL,
+    prompt VARCHAR NOT NULL,
+    chosen_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+_ROW_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("chosen_index", pa.int32()),
+        ("chosen_qid", pa.string()),
+        ("probabilities", pa.list_(pa.float64())),
+        ("logprob_sums", pa.list_(pa.float64())),
+        ("baseline_sums", pa.list_(pa.float64())),
+        ("token_counts", pa.list_(pa.int32())),
+        ("prompt", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class CachedChoice:
+    chosen_index: int
+    probabilities: list[float]
+    logprob_sums: list[float]
+    baseline_sums: list[float]
+    token_counts: list[int]
+
+
+def choice_key(backend: str, model_identity: str, version: str, prompt_text: str) -> str:
+    return hash_strings([backend, model_identity, version, prompt_text])
+
+
+class ChoiceCache:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = _connect(self.path)
+        self.con.execute(SCHEMA_SQL)
+
+    def __enter__(self) -> "ChoiceCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def get_many(self, keys: list[str]) -> dict[str, CachedChoice]:
+        if not keys:
+            return {}
+        wanted = pa.table({"key": pa.array(sorted(set(keys)), pa.string())})
+        self.con.register("wanted_keys", wanted)
+        try:
+            rows = self.con.execute(
+                "SELECT key, chosen_index, probabilities, logprob_sums, baseline_sums, token_counts "
+                "FROM choices JOIN wanted_keys USING (key)"
+            ).fetchall()
+        finally:
+            self.con.unregister("wanted_keys")
+        return {key: CachedChoice(index, list(probs), list(sums), list(baselines), list(counts))
+                for key, index, probs, sums, baselines, counts in rows}
+
+    def put_many(self, rows: list[dict]) -> None:
+        """Store one batch of choices in one transaction (keys of `_ROW_SCHEMA`)."""
+        if not rows:
+            return
+        batch = pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
+        self.con.register("new_choices", batch)
+        try:
+            self.con.execute("BEGIN TRANSACTION")
+            self.con.execute("INSERT OR REPLACE INTO choices SELECT *, now() FROM new_choices")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        finally:
+            self.con.unregister("new_choices")
+
+    def count(self) -> int:
+        return self.con.execute("SELECT count(*) FROM choices").fetchone()[0]
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as error:
+        if "lock" in str(error).lower():
+            raise MELUserError(
+                f"The LLM choice cache {path} is in use by another process; wait for that run to finish."
+            ) from None
+        raise MELUserError(f"The LLM choice cache {path} cannot be opened ({error}); delete it to start afresh.") from None
+    except duckdb.Error as error:
+        raise MELUserError(f"The LLM choice cache {path} cannot be opened ({error}); delete it to start afresh.") from None
