@@ -1,0 +1,145 @@
+"""Candidate retrieval assets: the FAISS entity index and the top-K candidates per mention.
+
+The logic lives in `pipeline.index`; this module opens the feature stores, maps resource
+settings onto the pipeline and turns its reports into metadata (numbers as numbers, so the
+UI plots recall, throughput and sync counts across materializations).
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.features import ClipResource
+from assets.metadata import markdown_table, table_metadata
+from assets.resources import LakeResource, user_errors
+from pipeline.features import FeatureStore, mention_store_name, store_dir
+from pipeline.index import (
+    COMBINATION_RULE,
+    EntityIndex,
+    IndexSettings,
+    ItemVectors,
+    find_mention_candidates,
+    index_dir,
+    update_entity_index,
+)
+from pipeline.lake import Lake
+
+GROUP = "index"
+DEFAULTS = IndexSettings()
+
+
+def feature_vectors(lake: Lake, store_name: str) -> ItemVectors:
+    """The pooled vectors of a feature store (`entity_features`, `mention_features`...), memory-mapped."""
+    return ItemVectors.from_store(FeatureStore.open(store_dir(lake, store_name)))
+
+
+class IndexResource(dg.ConfigurableResource):
+    """How the entity index is built and searched."""
+
+    kind: str = Field(default=DEFAULTS.kind, description="'flat' (exact), 'ivf' (approximate), or 'auto': "
+                      "flat up to `flat_max_entities` usable entities, IVF past it.")
+    flat_max_entities: int = Field(default=DEFAULTS.flat_max_entities,
+                                   description="Largest KB that 'auto' indexes exactly.")
+    nlist: int = Field(default=DEFAULTS.nlist, description="IVF lists; 0 = about 4*sqrt(entities).")
+    nprobe: int = Field(default=DEFAULTS.nprobe, description="IVF lists searched per query (recall vs speed).")
+    top_k: int = Field(default=100, description="Candidates kept per mention (clamped to the KB size).")
+    use_gpu: str = Field(default=DEFAULTS.use_gpu, description="'auto' (when faiss has GPU support and a GPU "
+                         "is present), 'always' (fail without one) or 'never'.")
+
+    def settings(self) -> IndexSettings:
+        return IndexSettings(kind=self.kind, flat_max_entities=self.flat_max_entities, nlist=self.nlist,
+                             nprobe=self.nprobe, use_gpu=self.use_gpu)
+
+
+@dg.asset(
+    deps=["entity_features"],
+    group_name=GROUP,
+    kinds={"faiss"},
+    description="FAISS inner-product index over the combined text+image vectors of the KB (ids = KB indices): "
+    "exact below a size threshold, IVF above; kept in sync with the entity features by removing and adding "
+    "only the entities whose vectors changed.",
+)
+def entity_index(context: dg.AssetExecutionContext, lake: LakeResource, index: IndexResource) -> dg.MaterializeResult:
+    store = lake.lake()
+    with user_errors():
+        settings = index.settings()
+        gpu = settings.gpu()  # validates use_gpu before any work
+        report = update_entity_index(feature_vectors(store, "entity_features"), index_dir(store), settings,
+                                     logger=context.log)
+    excluded = [p for p in report.problems if p["action"] == "excluded"]
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(report.fingerprint),
+        metadata={
+            "dagster/row_count": report.entities,
+            "index_kind": report.kind,
+            "entities": report.entities,
+            "dim": report.dim,
+            "index_dim": 2 * report.dim,
+            "nlist": report.nlist or 0,
+            "action": report.action,
+            "reason": report.reason,
+            "added": report.counts.added,
+            "removed": report.counts.removed,
+            "updated": report.counts.updated,
+            "unchanged": report.counts.unchanged,
+            "excluded_entities": len(excluded),
+            "text_only_entities": len(report.problems) - len(excluded),
+            "problems": dg.MetadataValue.md(markdown_table(report.problems[:20])),
+            "seconds": report.seconds,
+            "gpu": gpu,
+            "encoder": dg.MetadataValue.json(report.encoder),
+            "combination_rule": COMBINATION_RULE,
+            "fingerprint": report.fingerprint,
+            "path": dg.MetadataValue.path(report.directory),
+        },
+    )
+
+
+@dg.asset(
+    deps=["entity_index", "mention_features", "mentions"],
+    group_name=GROUP,
+    kinds={"faiss", "parquet"},
+    description="Top-K KB indices and scores per mention (every split, nil included) from the entity index, "
+    "with the rank of the gold entity and recall@K per split.",
+)
+def mention_candidates(context: dg.AssetExecutionContext, lake: LakeResource, index: IndexResource,
+                       clip: ClipResource) -> dg.MaterializeResult:
+    store = lake.lake()
+    with user_errors():
+        # The mention store that mention_features writes under the same ClipResource settings.
+        mentions = feature_vectors(store, mention_store_name(clip.description_source))
+        report = find_mention_candidates(store, EntityIndex.load(index_dir(store)), mentions, index.settings(),
+                                         index.top_k, logger=context.log)
+    stats = report.stats
+    table = store.read_table("mention_candidates")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(report.fingerprint),
+        metadata={
+            **table_metadata(table, store.table_path("mention_candidates"),
+                             ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
+            **recall_metadata(stats["recall"]),
+            "recall": dg.MetadataValue.md(markdown_table(recall_rows(stats["recall"]))),
+            "k": stats["k"],
+            "nprobe": stats["nprobe"] or 0,
+            "index_kind": stats["index_kind"],
+            "device": stats["device"],
+            "queries_per_second": stats["queries_per_second"],
+            "search_seconds": stats["search_seconds"],
+            "mentions_with_problems": sum(stats["problems"].values()),
+            "problems": dg.MetadataValue.md(markdown_table(
+                [{"problem": problem, "mentions": count} for problem, count in stats["problems"].items()])),
+            "mentions_with_fewer_than_k": stats["fewer_than_k"],
+            "reused_stored_output": report.reused,
+            "fingerprint": report.fingerprint,
+        },
+    )
+
+
+def recall_metadata(recall: dict[str, dict]) -> dict:
+    """One number per split and cutoff (`recall@10/test`), which Dagster plots over runs."""
+    return {f"{name}/{split}": value for split, row in recall.items()
+            for name, value in row.items() if name.startswith("recall@") and value is not None}
+
+
+def recall_rows(recall: dict[str, dict]) -> list[dict]:
+    return [{"split": split, **{name: (f"{value:.4f}" if isinstance(value, float) else value)
+                                for name, value in row.items()}} for split, row in recall.items()]

@@ -1,0 +1,210 @@
+"""Top-K candidate entities per mention from the entity index, and their recall.
+
+Every mention of every split (nil ones too: a later NIL decision needs their scores) is
+searched with the query vector of ``pipeline.index.vectors``. A mention that cannot be
+searched (no row in the mention feature store, a broken text vector) still gets a row, with
+no candidates and a ``problem`` saying why, and counts as a miss: recall is measured over
+every non-nil mention of the split, never over the ones that happened to work.
+
+The result is reused when its inputs are unchanged: the index fingerprint, the mention
+store fingerprint, the ``mentions`` table fingerprint, K and nprobe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import MELUserError
+from pipeline.hashing import hash_strings
+from pipeline.index.faiss_index import EntityIndex, IndexSettings
+from pipeline.index.vectors import ItemVectors, query_matrix, read_checked
+from pipeline.lake import Lake
+
+CANDIDATES_VERSION = "1"
+TABLE = "mention_candidates"
+RECALL_AT = (1, 10, 50, 100)
+QUERY_BATCH = 4096
+GPU_MAX_K = 2048  # faiss GPU search limit
+NO_FEATURES = "no row in the mention feature store (see mention_features)"
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_SCHEMA = pa.schema([
+    ("mention_id", pa.string()),
+    ("split", pa.string()),
+    ("candidates", pa.list_(pa.int64())),  # KB indices, best first
+    ("scores", pa.list_(pa.float32())),  # mean cosine over the mention's modalities
+    ("gold_index", pa.int64()),  # null for nil
+    ("gold_rank", pa.int32()),  # 1-based; null when nil or outside the top K
+    ("problem", pa.string()),  # what was wrong with the mention's features; null when nothing
+])
+
+
+@dataclass
+class CandidatesReport:
+    reused: bool
+    fingerprint: str
+    stats: dict
+
+
+def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: ItemVectors, settings: IndexSettings,
+                            top_k: int = 100, logger=log) -> CandidatesReport:
+    """Search every mention of the ``mentions`` table; write the ``mention_candidates`` table."""
+    check_compatible(index, mentions)
+    if top_k < 1:
+        raise MELUserError(f"The index setting top_k={top_k} must be at least 1.")
+    table = _mentions_table(lake)
+    k = min(top_k, len(index))
+    if k < top_k:
+        logger.warning(f"top_k={top_k} exceeds the {len(index)} indexed entities: returning {k} candidates each.")
+    fingerprint = hash_strings([CANDIDATES_VERSION, index.fingerprint, mentions.fingerprint,
+                                lake.table_fingerprint("mentions") or "", str(k), str(_nprobe_used(index, settings))])
+    if lake.table_fingerprint(TABLE) == fingerprint:
+        logger.info(f"Inputs unchanged (fingerprint {fingerprint[:12]}): reusing the stored {TABLE} table.")
+        return CandidatesReport(True, fingerprint, lake.table_extra(TABLE))
+
+    use_gpu = settings.gpu()
+    if use_gpu and k > GPU_MAX_K:
+        raise MELUserError(f"The index setting top_k={top_k} exceeds faiss's GPU limit of {GPU_MAX_K}; lower it.")
+    started = time.perf_counter()
+    candidates, scores, problems, searched = _search(index, mentions, table["mention_id"], k, settings, use_gpu,
+                                                     logger)
+    seconds = time.perf_counter() - started
+    logger.info(f"Searched {searched} mentions in {seconds:.1f} s ({searched / max(seconds, 1e-9):.0f} queries/s, "
+                f"{index.kind} index, {'GPU' if use_gpu else 'CPU'}).")
+
+    result = _result_table(table, candidates, scores, problems)
+    stats = {
+        "mentions": result.num_rows,
+        "searched": searched,
+        "k": k,
+        "nprobe": _nprobe_used(index, settings),
+        "index_kind": index.kind,
+        "device": "GPU" if use_gpu else "CPU",
+        "search_seconds": seconds,
+        "queries_per_second": searched / max(seconds, 1e-9),
+        "problems": _count(problems),
+        "fewer_than_k": int(sum(1 for c in candidates if 0 < len(c) < k)),
+        "recall": recall_by_split(result, k),
+    }
+    lake.write_table(TABLE, result, fingerprint, extra=stats)
+    return CandidatesReport(False, fingerprint, stats)
+
+
+def check_compatible(index: EntityIndex, mentions: ItemVectors) -> None:
+    """Queries and index vectors must come from the same encoder, or the scores mean nothing."""
+    if mentions.encoder != index.config["encoder"]:
+        raise MELUserError(
+            f"The mention features at {mentions.source} were written by encoder {_describe(mentions.encoder)}, "
+            f"but the entity index was built with {_describe(index.config['encoder'])}; "
+            f"re-materialize entity_features, entity_index and mention_features with the same encoder.")
+    if mentions.dim != index.config["dim"]:
+        raise MELUserError(f"The mention features at {mentions.source} have dimension {mentions.dim}, "
+                           f"the entity index {index.config['dim']}; re-materialize them with the same encoder.")
+
+
+def _describe(encoder: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(encoder.items())) or "(unnamed)"
+
+
+def _nprobe_used(index: EntityIndex, settings: IndexSettings) -> int | None:
+    return min(settings.nprobe, index.config["nlist"]) if index.kind == "ivf" else None
+
+
+def _mentions_table(lake: Lake) -> pa.Table:
+    try:
+        return lake.read_table("mentions", columns=["mention_id", "split", "gold_index", "is_nil"])
+    except FileNotFoundError:
+        raise MELUserError(f"The mentions table is missing at {lake.table_path('mentions')}; "
+                           f"materialize mentions first.") from None
+
+
+def _search(index: EntityIndex, mentions: ItemVectors, mention_ids: pa.ChunkedArray, k: int,
+            settings: IndexSettings, use_gpu: bool, logger):
+    """Candidates per mention of the table, in table order; problems[i] is None when searched."""
+    n = len(mention_ids)
+    candidates: list = [[] for _ in range(n)]
+    scores: list = [[] for _ in range(n)]
+    problems: list = [None] * n
+    row_of = {str(item_id): row for row, item_id in enumerate(mentions.ids)}
+    wanted = mention_ids.to_pylist()
+    store_rows = np.asarray([row_of.get(mention_id, -1) for mention_id in wanted], dtype=np.int64)
+    for position in np.flatnonzero(store_rows < 0):
+        problems[position] = NO_FEATURES
+    stale = len(row_of.keys() - set(wanted))
+    if stale:
+        logger.info(f"{stale} mentions of {mentions.source} are not in the mentions table; they are not searched.")
+    positions = np.flatnonzero(store_rows >= 0)
+    positions = positions[np.argsort(store_rows[positions], kind="stable")]  # read the store front to back
+    search = index.searcher(settings.nprobe, use_gpu)
+    searched = 0
+    for start in range(0, len(positions), QUERY_BATCH):
+        batch_positions = positions[start:start + QUERY_BATCH]
+        batch = read_checked(mentions, store_rows[batch_positions])
+        for position, problem in zip(batch_positions, batch.problems):
+            problems[position] = problem
+        usable = batch.text_ok
+        if usable.any():
+            found_scores, found_ids = search(query_matrix(batch)[usable], k)
+            for position, ids_row, scores_row in zip(batch_positions[usable], found_ids, found_scores):
+                keep = ids_row >= 0  # IVF returns -1 when the probed lists hold fewer than k entities
+                candidates[position] = ids_row[keep]
+                scores[position] = scores_row[keep]
+        searched += int(usable.sum())
+        if len(positions) > QUERY_BATCH:
+            logger.info(f"Searched {start + len(batch_positions)} of {len(positions)} mentions.")
+    return candidates, scores, problems, searched
+
+
+def _result_table(table: pa.Table, candidates: list, scores: list, problems: list) -> pa.Table:
+    gold = table["gold_index"].to_pylist()
+    nil = table["is_nil"].to_pylist()
+    ranks = [_rank(found, g) if g is not None and not is_nil else None
+             for found, g, is_nil in zip(candidates, gold, nil)]
+    return pa.table({
+        "mention_id": table["mention_id"],
+        "split": table["split"],
+        "candidates": pa.array([np.asarray(c, dtype=np.int64) for c in candidates], pa.list_(pa.int64())),
+        "scores": pa.array([np.asarray(s, dtype=np.float32) for s in scores], pa.list_(pa.float32())),
+        "gold_index": table["gold_index"],
+        "gold_rank": pa.array(ranks, pa.int32()),
+        "problem": pa.array(problems, pa.string()),
+    }, schema=CANDIDATES_SCHEMA)
+
+
+def _rank(found: np.ndarray, gold: int) -> int | None:
+    hits = np.flatnonzero(np.asarray(found) == gold)
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def recall_by_split(result: pa.Table, k: int) -> dict[str, dict]:
+    """{split: {"mentions_with_gold": n, "recall@1": r, ...}} over every non-nil mention of the split.
+
+    Recall is reported at each of 1, 10, 50, 100 not above K, and at K itself.
+    """
+    cutoffs = sorted({c for c in RECALL_AT if c <= k} | {k})
+    ranks = np.array(result["gold_rank"].to_pylist(), dtype=float)  # NaN = gold not in the top K
+    has_gold = np.array([gold is not None for gold in result["gold_index"].to_pylist()], dtype=bool)
+    splits = np.array(result["split"].to_pylist(), dtype=object)
+    report = {}
+    for split in sorted(set(splits)):
+        split_ranks = ranks[(splits == split) & has_gold]
+        row: dict = {"mentions_with_gold": len(split_ranks)}
+        for cutoff in cutoffs:
+            hits = int((split_ranks <= cutoff).sum())  # NaN compares False: a miss
+            row[f"recall@{cutoff}"] = hits / len(split_ranks) if len(split_ranks) else None
+        report[split] = row
+    return report
+
+
+def _count(problems: list) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for problem in problems:
+        if problem is not None:
+            counts[problem] = counts.get(problem, 0) + 1
+    return counts

@@ -1,0 +1,520 @@
+"""The FAISS entity index: build, keep in sync with the entity features, save, load, search.
+
+Kinds. Up to ``flat_max_entities`` usable entities the index is exact: ``IndexIDMap2``
+around ``IndexFlatIP``; batched exact search runs as one matrix product (BLAS), which on a
+CPU stays competitive with IVF up to a few hundred thousand entities (bench/faiss.md), and
+candidate recall is the ceiling of linking accuracy. Past it, IVF: inner product, spherical
+k-means centroids trained on a fixed-seed sample of ``TRAIN_POINTS_PER_LIST * nlist``
+entities, ``nlist`` about 4 sqrt(N) unless set, ``nprobe`` chosen at search time. Its lists
+store float16 (``IndexIVFScalarQuantizer`` QT_fp16): the features are float16 in the store
+already, so nothing measurable is lost, and an IVF scan is memory-bound, so halving the
+bytes read per query made it 2-3 times faster than ``IndexIVFFlat`` here. HNSW is not
+offered: it cannot ``remove_ids``, and an index that must be rebuilt whenever one entity
+changes defeats the point of keeping it in sync. Product quantisation is not offered either:
+a 160k-entity KB (the largest public MEL KB) takes 0.3 GB in float16, so compressing further
+would cost recall for no need.
+
+Ids are KB indices everywhere (``IndexIDMap2`` for flat, IVF stores ids natively), so a
+search answers KB indices directly and entities can be added or removed in place.
+
+Sync. Stored next to the index is a content key per entity: a digest of exactly the
+vectors its index vector is made of. ``update_entity_index`` compares them with the
+current feature store and removes/adds only what changed. It rebuilds from scratch when
+sync would give a different index than a rebuild would: first build, other encoder, other
+combination rule, the kind that ``auto`` picks changes, an explicit ``nlist`` changes, or
+more than ``RETRAIN_FRACTION`` of the entities changed since the frozen statistics (the
+mean image used for image-less entities, the IVF centroids) were computed.
+
+Storage. Each save writes a new generation folder (index.faiss, entities.parquet,
+problems.parquet, image_fill.npy, each file atomically) and then commits it by atomically
+replacing ``index.json``, which names the generation. A crash at any point leaves the
+previous ``index.json`` pointing at a complete previous generation. The previous
+generation is kept so that a reader that loaded the old ``index.json`` a moment ago can
+still open its files.
+
+GPU. When faiss has GPU support and a GPU is present (``use_gpu="auto"``), IVF training
+and searches run on the GPU; the index is always kept and serialised on the CPU.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import logging
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import MELUserError
+from pipeline.hashing import hash_bytes, hash_strings
+from pipeline.index.vectors import (
+    COMBINATION_RULE,
+    COMBINATION_VERSION,
+    IMAGE_BROKEN,
+    MIN_NORM,
+    ItemVectors,
+    content_keys,
+    entity_matrix,
+    read_checked,
+    row_batches,
+)
+from pipeline.lake import Lake, atomic_path, write_text_atomic
+
+INDEX_FORMAT = "1"
+KINDS = ("auto", "flat", "ivf")
+GPU_CHOICES = ("auto", "always", "never")
+RETRAIN_FRACTION = 0.25
+TRAIN_POINTS_PER_LIST = 50  # faiss warns below 39 training points per centroid
+BATCH_ROWS = 8192
+CONFIG_NAME = "index.json"
+TRAIN_SEED = 0
+
+log = logging.getLogger(__name__)
+
+
+def index_dir(lake: Lake) -> Path:
+    """Where the entity index lives in the lake."""
+    return lake.root / "index" / "entity"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How the entity index is built and searched (checked on creation)."""
+
+    kind: str = "auto"
+    flat_max_entities: int = 200_000
+    nlist: int = 0  # 0 = choose from the number of entities
+    nprobe: int = 32
+    use_gpu: str = "auto"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise MELUserError(f"The index setting kind={self.kind!r} is not one of {', '.join(KINDS)}.")
+        if self.use_gpu not in GPU_CHOICES:
+            raise MELUserError(f"The index setting use_gpu={self.use_gpu!r} is not one of {', '.join(GPU_CHOICES)}.")
+        for name in ("flat_max_entities", "nprobe"):
+            if getattr(self, name) < 1:
+                raise MELUserError(f"The index setting {name}={getattr(self, name)} must be at least 1.")
+        if self.nlist < 0:
+            raise MELUserError(f"The index setting nlist={self.nlist} must be 0 (automatic) or positive.")
+
+    def kind_for(self, entities: int) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "flat" if entities <= self.flat_max_entities else "ivf"
+
+    def nlist_for(self, entities: int) -> int:
+        """About 4 sqrt(N) lists (faiss's guideline), capped so each gets enough training points."""
+        if self.nlist:
+            if self.nlist > entities:
+                raise MELUserError(
+                    f"The index setting nlist={self.nlist} exceeds the {entities} usable entities; lower it or set 0.")
+            return self.nlist
+        return max(1, min(round(4 * math.sqrt(entities)), entities // TRAIN_POINTS_PER_LIST))
+
+    def gpu(self) -> bool:
+        available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+        if self.use_gpu == "always" and not available:
+            raise MELUserError("The index setting use_gpu='always' needs faiss with GPU support (faiss-gpu) "
+                               "and a visible GPU; neither is present here.")
+        return available and self.use_gpu != "never"
+
+
+@dataclass
+class EntityScan:
+    """One pass over the entity features: content keys of the usable rows and the problems."""
+
+    keys: dict[int, str]  # KB index -> content key, usable entities only
+    rows: dict[int, int]  # KB index -> row in the feature store
+    problems: list[dict]  # {kb_index, problem, action}
+    image_sum: np.ndarray  # sum of usable unit image vectors (for the image-less entities' fill)
+
+
+def scan_entities(items: ItemVectors) -> EntityScan:
+    ids = _entity_ids(items)
+    keys, rows, problems = {}, {}, []
+    image_sum = np.zeros(items.dim, dtype=np.float64)
+    for batch_rows in row_batches(len(items), BATCH_ROWS):
+        batch = read_checked(items, batch_rows)
+        batch_keys = content_keys(items, batch_rows)
+        for row, problem in zip(batch_rows, batch.problems):
+            if problem is not None:
+                action = "indexed_text_only" if problem == IMAGE_BROKEN else "excluded"
+                problems.append({"kb_index": int(ids[row]), "problem": problem, "action": action})
+        for position in np.flatnonzero(batch.text_ok):
+            row = int(batch_rows[position])
+            keys[int(ids[row])] = batch_keys[position]
+            rows[int(ids[row])] = row
+        image_sum += batch.image[batch.image_ok & batch.text_ok].sum(axis=0, dtype=np.float64)
+    return EntityScan(keys, rows, problems, image_sum)
+
+
+def _entity_ids(items: ItemVectors) -> np.ndarray:
+    try:
+        ids = np.asarray(items.ids).astype(np.int64)
+    except (TypeError, ValueError):
+        raise MELUserError(f"The entity features at {items.source} have ids that are not KB indices "
+                           f"(integers); re-materialize entity_features.") from None
+    if len(np.unique(ids)) != len(ids):
+        raise MELUserError(f"The entity features at {items.source} list some KB index twice; "
+                           f"re-materialize entity_features.")
+    return ids
+
+
+@dataclass
+class SyncCounts:
+    added: int = 0
+    removed: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+class EntityIndex:
+    """A FAISS index over the combined entity vectors, with its content keys and config."""
+
+    def __init__(self, index: faiss.Index, config: dict, keys: dict[int, str], problems: list[dict],
+                 image_fill: np.ndarray):
+        self.index = index
+        self.config = config
+        self.keys = keys
+        self.problems = problems
+        self.image_fill = image_fill
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def kind(self) -> str:
+        return self.config["kind"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.config["fingerprint"]
+
+    # -- build and sync --------------------------------------------------------------
+    @classmethod
+    def build(cls, items: ItemVectors, scan: EntityScan, settings: IndexSettings) -> "EntityIndex":
+        entities = len(scan.keys)
+        if entities == 0:
+            raise MELUserError(_no_usable_entities(items, scan))
+        kind = settings.kind_for(entities)
+        norm = np.linalg.norm(scan.image_sum)
+        image_fill = (scan.image_sum / norm if norm > MIN_NORM else np.zeros(items.dim)).astype(np.float32)
+        config = {
+            "format": INDEX_FORMAT,
+            "kind": kind,
+            "metric": "inner_product",
+            "dim": items.dim,
+            "index_dim": 2 * items.dim,
+            "encoder": items.encoder,
+            "combination_rule": COMBINATION_RULE,
+            "combination_version": COMBINATION_VERSION,
+            "nlist_setting": settings.nlist,
+            "nlist": None,
+            "trained_on": {"entities": entities, "sample_key": None},
+            "changed_since_training": 0,
+        }
+        if kind == "flat":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(2 * items.dim))
+        else:
+            nlist = settings.nlist_for(entities)
+            index, sample_key = _trained_ivf(items, scan, image_fill, nlist, settings.gpu())
+            config.update(nlist=nlist, trained_on={"entities": entities, "sample_key": sample_key})
+        built = cls(index, config, {}, scan.problems, image_fill)
+        built._add(items, scan, sorted(scan.keys))
+        built._refresh_fingerprint(items)
+        return built
+
+    def sync(self, items: ItemVectors, scan: EntityScan) -> SyncCounts:
+        if not scan.keys:
+            raise MELUserError(_no_usable_entities(items, scan))
+        stored, current = self.keys, scan.keys
+        before = len(stored)
+        removed = sorted(stored.keys() - current.keys())
+        added = sorted(current.keys() - stored.keys())
+        updated = sorted(i for i in stored.keys() & current.keys() if stored[i] != current[i])
+        if removed or updated:
+            self.index.remove_ids(np.asarray(removed + updated, dtype=np.int64))
+            for kb_index in removed + updated:
+                del self.keys[kb_index]
+        self._add(items, scan, added + updated)
+        self.problems = scan.problems
+        self.config["changed_since_training"] += len(removed) + len(added) + len(updated)
+        self._refresh_fingerprint(items)
+        return SyncCounts(len(added), len(removed), len(updated), before - len(removed) - len(updated))
+
+    def _add(self, items: ItemVectors, scan: EntityScan, kb_indices: list[int]) -> None:
+        rows = np.asarray([scan.rows[i] for i in kb_indices], dtype=np.int64)
+        order = np.argsort(rows)  # read the memory-mapped store front to back
+        rows, ids = rows[order], np.asarray(kb_indices, dtype=np.int64)[order]
+        for start in range(0, len(rows), BATCH_ROWS):
+            batch = read_checked(items, rows[start:start + BATCH_ROWS])
+            self.index.add_with_ids(entity_matrix(batch, self.image_fill), ids[start:start + BATCH_ROWS])
+        for kb_index in kb_indices:
+            self.keys[kb_index] = scan.keys[kb_index]
+
+    def _refresh_fingerprint(self, items: ItemVectors) -> None:
+        """A digest of what the index contains, independent of how it got there (build or sync)."""
+        parts = [INDEX_FORMAT, COMBINATION_VERSION, self.kind, str(self.config["dim"]),
+                 json.dumps(self.config["encoder"], sort_keys=True), str(self.config["nlist"]),
+                 str(self.config["trained_on"]["sample_key"]), hash_bytes(self.image_fill.tobytes())]
+        for kb_index in sorted(self.keys):
+            parts += [str(kb_index), self.keys[kb_index]]
+        self.config.update(fingerprint=hash_strings(parts), entities=len(self.keys),
+                           entity_store_fingerprint=items.fingerprint)
+
+    # -- search ------------------------------------------------------------------------
+    def searcher(self, nprobe: int, use_gpu: bool) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+        """A function (queries [n, 2D] float32, k) -> (scores [n, k], KB indices [n, k]; -1 = none)."""
+        nprobe = min(nprobe, self.config["nlist"] or 1)
+        if use_gpu:
+            return _gpu_searcher(self.index, self.kind, nprobe)
+        if self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = nprobe
+        return self.index.search
+
+    # -- storage -----------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        generation = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        folder = directory / generation
+        folder.mkdir(parents=True)
+        with atomic_path(folder / "index.faiss") as temp:
+            faiss.write_index(self.index, str(temp))
+        ids = sorted(self.keys)
+        _write_parquet(folder / "entities.parquet", pa.table(
+            {"kb_index": pa.array(ids, pa.int64()), "content_key": [self.keys[i] for i in ids]}))
+        _write_parquet(folder / "problems.parquet", pa.Table.from_pylist(self.problems, schema=PROBLEMS_SCHEMA))
+        with atomic_path(folder / "image_fill.npy") as temp:
+            with open(temp, "wb") as f:
+                np.save(f, self.image_fill)
+        previous = _committed_generation(directory)
+        self.config.update(generation=generation, saved_at=dt.datetime.now(dt.timezone.utc).isoformat())
+        self.commit_config(directory)
+        _remove_old_generations(directory, keep={generation, previous})
+
+    def commit_config(self, directory: Path) -> None:
+        """Rewrite index.json only, for a change of bookkeeping with the same generation."""
+        write_text_atomic(Path(directory) / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: Path) -> "EntityIndex":
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise MELUserError(f"There is no entity index at {directory}; materialize entity_index first.")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            folder = directory / config["generation"]
+            index = faiss.read_index(str(folder / "index.faiss"))
+            entities = pq.read_table(folder / "entities.parquet").to_pydict()
+            problems = pq.read_table(folder / "problems.parquet").to_pylist()
+            image_fill = np.load(folder / "image_fill.npy")
+        except (OSError, KeyError, ValueError, RuntimeError, pa.ArrowException) as error:
+            raise MELUserError(f"The entity index at {directory} is incomplete or corrupt ({error}); "
+                               f"re-materialize entity_index.") from None
+        keys = dict(zip(entities["kb_index"], entities["content_key"]))
+        if len(keys) != index.ntotal:
+            raise MELUserError(f"The entity index at {directory} holds {index.ntotal} vectors but lists "
+                               f"{len(keys)} entities; re-materialize entity_index.")
+        return cls(index, config, keys, problems, image_fill)
+
+
+PROBLEMS_SCHEMA = pa.schema([("kb_index", pa.int64()), ("problem", pa.string()), ("action", pa.string())])
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as temp:
+        pq.write_table(table, temp)
+
+
+def _committed_generation(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))["generation"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _remove_old_generations(directory: Path, keep: set) -> None:
+    for folder in directory.iterdir():
+        if folder.is_dir() and folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _no_usable_entities(items: ItemVectors, scan: EntityScan) -> str:
+    if len(items) == 0:
+        return f"The entity features at {items.source} hold no entities; the KB is empty."
+    return (f"None of the {len(items)} entities in {items.source} has a usable text vector "
+            f"(first problem: {scan.problems[0]['problem']}); re-materialize entity_features.")
+
+
+def _trained_ivf(items: ItemVectors, scan: EntityScan, image_fill: np.ndarray, nlist: int,
+                 use_gpu: bool) -> tuple[faiss.Index, str]:
+    """An empty IVF index whose centroids are trained on a fixed-seed sample of entities."""
+    dim = 2 * items.dim
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.cp.spherical = True  # unit-norm centroids: inner-product assignment stays a cosine
+    kb_indices = np.asarray(sorted(scan.keys), dtype=np.int64)
+    size = min(len(kb_indices), TRAIN_POINTS_PER_LIST * nlist)
+    sample = np.sort(np.random.default_rng(TRAIN_SEED).choice(kb_indices, size=size, replace=False))
+    rows = np.sort(np.asarray([scan.rows[int(i)] for i in sample], dtype=np.int64))
+    vectors = entity_matrix(read_checked(items, rows), image_fill)
+    # On a GPU only the k-means assignments run there; the index itself stays on the CPU.
+    # (A Python reference keeps the GPU index alive while faiss holds a bare pointer to it.)
+    clustering = faiss.index_cpu_to_gpu(_gpu_resources(), 0, faiss.IndexFlatIP(dim)) if use_gpu else None
+    index.clustering_index = clustering
+    index.train(vectors)
+    index.clustering_index = None
+    sample_key = hash_strings(scan.keys[int(i)] for i in sample)
+    return index, sample_key
+
+
+_GPU_RESOURCES = None
+
+
+def _gpu_resources():
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    return _GPU_RESOURCES
+
+
+def _gpu_searcher(index: faiss.Index, kind: str, nprobe: int):
+    if kind == "ivf":
+        gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+        faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
+        return gpu_index.search
+    # Clone the flat storage alone and map its row numbers to KB indices on the CPU:
+    # this does not depend on the GPU cloner's support for IndexIDMap2.
+    id_map = faiss.vector_to_array(index.id_map)
+    gpu_flat = faiss.index_cpu_to_gpu(_gpu_resources(), 0, faiss.downcast_index(index.index))
+
+    def search(queries: np.ndarray, k: int):
+        scores, positions = gpu_flat.search(queries, k)
+        return scores, np.where(positions >= 0, id_map[positions], -1)
+
+    return search
+
+
+# -- the stage -----------------------------------------------------------------------------
+
+@dataclass
+class IndexReport:
+    action: str  # built | synced | unchanged
+    reason: str  # why it was (re)built, or what sync did
+    kind: str
+    entities: int
+    dim: int
+    nlist: int | None
+    fingerprint: str
+    directory: str
+    encoder: dict
+    counts: SyncCounts = field(default_factory=SyncCounts)
+    problems: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def update_entity_index(items: ItemVectors, directory: Path, settings: IndexSettings,
+                        logger=log) -> IndexReport:
+    """Bring the index in ``directory`` up to date with ``items``: nothing, a sync, or a rebuild.
+
+    One writer at a time (a second run waits for the first); readers take no lock and see
+    either the previous or the new generation.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info(f"Another run is updating the entity index in {directory}; waiting for it to finish.")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _update(items, directory, settings, logger)
+
+
+def _update(items: ItemVectors, directory: Path, settings: IndexSettings, logger) -> IndexReport:
+    started = time.perf_counter()
+    stored = _load_stored(directory, logger)
+    if stored is not None and items.fingerprint and stored.config.get("entity_store_fingerprint") == items.fingerprint \
+            and _rebuild_reason(stored, items, settings, stored.config["entities"], 0) is None:
+        logger.info(f"Entity features unchanged (fingerprint {items.fingerprint[:12]}): keeping the stored index.")
+        return _report(stored, "unchanged", "entity features unchanged", directory, started,
+                       SyncCounts(unchanged=len(stored)))
+
+    scan = scan_entities(items)
+    changed = _changed_count(stored, scan) if stored is not None else 0
+    reason = _rebuild_reason(stored, items, settings, len(scan.keys), changed)
+    if reason is not None:
+        logger.info(f"Building the entity index from scratch: {reason}.")
+        index = EntityIndex.build(items, scan, settings)
+        index.save(directory)
+        return _report(index, "built", reason, directory, started, SyncCounts(added=len(index)))
+
+    problems_before = stored.problems
+    counts = stored.sync(items, scan)
+    if changed or stored.problems != problems_before:
+        stored.save(directory)
+    else:  # the same vectors from a re-written store: remember its fingerprint for the fast path
+        stored.commit_config(directory)
+    logger.info(f"Entity index synced: {counts.added} added, {counts.removed} removed, "
+                f"{counts.updated} updated, {counts.unchanged} unchanged.")
+    return _report(stored, "synced", "incremental update", directory, started, counts)
+
+
+def _load_stored(directory: Path, logger) -> EntityIndex | None:
+    if not (directory / CONFIG_NAME).is_file():
+        return None
+    try:
+        return EntityIndex.load(directory)
+    except MELUserError as error:
+        logger.warning(f"{error} Rebuilding it.")
+        return None
+
+
+def _changed_count(stored: EntityIndex, scan: EntityScan) -> int:
+    stored_keys, current = stored.keys, scan.keys
+    return len(stored_keys.keys() ^ current.keys()) + sum(
+        1 for i in stored_keys.keys() & current.keys() if stored_keys[i] != current[i])
+
+
+def _rebuild_reason(stored: EntityIndex | None, items: ItemVectors, settings: IndexSettings,
+                    entities: int, changed: int) -> str | None:
+    """Why a sync would not give the index a rebuild gives (None: sync is enough)."""
+    if stored is None:
+        return "no usable index stored yet"
+    config = stored.config
+    if (config.get("format"), config.get("combination_version")) != (INDEX_FORMAT, COMBINATION_VERSION):
+        return "the stored index was written by another version of this stage"
+    if config["encoder"] != items.encoder:
+        return "the entity features come from another encoder than the stored index"
+    if config["dim"] != items.dim:
+        return f"the feature dimension changed from {config['dim']} to {items.dim}"
+    kind = settings.kind_for(entities)
+    if kind != stored.kind:
+        return f"the index kind changes from {stored.kind} to {kind} ({entities} entities)"
+    if kind == "ivf" and settings.nlist != config["nlist_setting"]:
+        return f"the nlist setting changed from {config['nlist_setting']} to {settings.nlist}"
+    since_training = config["changed_since_training"] + changed
+    if since_training > RETRAIN_FRACTION * config["trained_on"]["entities"]:
+        return (f"{since_training} entities changed since the index statistics were computed over "
+                f"{config['trained_on']['entities']} (more than {RETRAIN_FRACTION:.0%})")
+    return None
+
+
+def _report(index: EntityIndex, action: str, reason: str, directory: Path, started: float,
+            counts: SyncCounts) -> IndexReport:
+    config = index.config
+    return IndexReport(action, reason, index.kind, len(index), config["dim"], config["nlist"],
+                       index.fingerprint, str(directory), config["encoder"], counts, index.problems,
+                       time.perf_counter() - started)
