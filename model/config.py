@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 GATE_MODES = ("topk", "reference")
+UNITS = ("text", "image", "cross")  # intra-level text, intra-level vision, inter-level cross-modal
 
 # CLIP feature widths: (projected embedding width, text tower width, vision tower width).
 CLIP_DIMS: dict[str, tuple[int, int, int]] = {
@@ -42,8 +43,14 @@ class MMoEConfig:
     gate_mode: str = "topk"  # "topk" (paper) or "reference" (published code, batch-dependent; see GATES.md)
     aux_loss_weight: float = 0.01  # load-balancing loss weight (topk only; 0 disables)
     dropout: float = 0.0  # inside each expert, between GELU and the output layer (as the public code)
+    units: tuple[str, ...] = UNITS  # scoring units kept (ablations); total = mean of their scores
 
     def __post_init__(self) -> None:
+        requested = (self.units,) if isinstance(self.units, str) else tuple(self.units)
+        if not requested or any(unit not in UNITS for unit in requested):
+            raise ValueError(f"units must be a non-empty subset of {UNITS}, got {self.units!r}")
+        # JSON gives lists and callers any order: one canonical tuple, so equal configs compare equal.
+        object.__setattr__(self, "units", tuple(unit for unit in UNITS if unit in requested))
         if self.gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {self.gate_mode!r}")
         if not 1 <= self.top_k <= self.num_experts:

@@ -17,17 +17,13 @@ class LossOutput(NamedTuple):
 
 
 def mmoe_loss(scores: MatchScores, targets: Tensor) -> LossOutput:
-    """CE(total) + CE(text) + CE(image) + CE(cross) + aux.
+    """CE(total) + CE(text) + CE(image) + CE(cross) + aux (the CE of a unit disabled by `config.units` is left out).
 
     scores: [M, E] each (in-batch: targets = arange(M)) or [M, K] (targets = gold candidate column).
     targets: [M] long. `scores.aux_loss` is already weighted by config.aux_loss_weight.
     """
-    parts = {
-        "total": F.cross_entropy(scores.total.float(), targets),
-        "text": F.cross_entropy(scores.text.float(), targets),
-        "image": F.cross_entropy(scores.image.float(), targets),
-        "cross": F.cross_entropy(scores.cross.float(), targets),
-        "aux": scores.aux_loss.float(),
-    }
+    units = {"total": scores.total, "text": scores.text, "image": scores.image, "cross": scores.cross}
+    parts = {name: F.cross_entropy(unit.float(), targets) for name, unit in units.items() if unit is not None}
+    parts["aux"] = scores.aux_loss.float()
     loss = sum(parts.values())
     return LossOutput(loss, {name: value.detach() for name, value in parts.items()})

@@ -46,24 +46,26 @@ class CrossEncoding(NamedTuple):
 
 @dataclass
 class Encoding:
-    """Everything the pair scoring needs about a batch of mentions or entities."""
+    """Everything the pair scoring needs about a batch of mentions or entities (None: unit disabled)."""
 
-    text: IntraEncoding
-    image: IntraEncoding
-    cross: CrossEncoding
+    text: Optional[IntraEncoding]
+    image: Optional[IntraEncoding]
+    cross: Optional[CrossEncoding]
     aux_loss: Tensor  # scalar load-balancing loss of this side's experts (unweighted; 0 in reference mode)
     routing: Optional[dict[str, Routing]]  # keys ROUTED_SEQUENCES, batch shape [*B]; None unless requested
 
     @property
     def batch_shape(self) -> torch.Size:
-        return self.cross.text_over_image.shape[:-1]
+        if self.cross is not None:
+            return self.cross.text_over_image.shape[:-1]
+        return (self.text if self.text is not None else self.image).cls.shape[:-1]
 
     def map_batch(self, fn) -> "Encoding":
         """Apply fn to every per-item tensor (fn must keep the trailing feature dims)."""
         return Encoding(
-            text=_map_tuple(self.text, fn),
-            image=_map_tuple(self.image, fn),
-            cross=_map_tuple(self.cross, fn),
+            text=None if self.text is None else _map_tuple(self.text, fn),
+            image=None if self.image is None else _map_tuple(self.image, fn),
+            cross=None if self.cross is None else _map_tuple(self.cross, fn),
             aux_loss=self.aux_loss,
             routing=None if self.routing is None else {k: _map_tuple(r, fn) for k, r in self.routing.items()},
         )
@@ -73,10 +75,10 @@ class Encoding:
 class MatchScores:
     """Scores of mention-entity pairs: [M, E] (all pairs) or [M, K] (candidates)."""
 
-    total: Tensor  # mean of the three unit scores
-    text: Tensor
-    image: Tensor
-    cross: Tensor
+    total: Tensor  # mean of the unit scores (of the three, or of `config.units`)
+    text: Optional[Tensor]  # None when the unit is disabled by `config.units`
+    image: Optional[Tensor]
+    cross: Optional[Tensor]
     aux_loss: Tensor  # scalar, already multiplied by config.aux_loss_weight (0 in reference mode)
     mention_routing: Optional[dict[str, Routing]] = None  # batch shape [M]
     entity_routing: Optional[dict[str, Routing]] = None  # batch shape [E] or [M, K]
@@ -262,9 +264,11 @@ class MMoEMatcher(nn.Module):
         self.text_token_norm = nn.LayerNorm(config.text_dim)
         self.image_embed_norm = nn.LayerNorm(config.vision_dim)
         self.image_token_norm = nn.LayerNorm(config.vision_dim)
-        self.text_unit = IntraModalUnit(config.text_dim, config.text_hidden_dim, config)
-        self.vision_unit = IntraModalUnit(config.vision_dim, config.vision_hidden_dim, config)
-        self.cross_unit = CrossModalUnit(config.text_dim, config.vision_dim, config)
+        units = config.units  # a disabled unit (ablation) has no parameters and costs nothing
+        self.text_unit = IntraModalUnit(config.text_dim, config.text_hidden_dim, config) if "text" in units else None
+        self.vision_unit = (IntraModalUnit(config.vision_dim, config.vision_hidden_dim, config)
+                            if "image" in units else None)
+        self.cross_unit = CrossModalUnit(config.text_dim, config.vision_dim, config) if "cross" in units else None
 
     @property
     def reference_mode(self) -> bool:
@@ -294,11 +298,16 @@ class MMoEMatcher(nn.Module):
         image_cls = self.image_embed_norm(self.image_embed_proj(image_embeds))
         image_tokens = self.image_token_norm(self.image_token_proj(image_tokens))
 
-        text, text_routed = self.text_unit.encode(text_cls, text_tokens, text_mask)
-        image, image_routed = self.vision_unit.encode(image_cls, image_tokens, None)
-        cross, cross_routed = self.cross_unit.encode(text_cls, text_tokens, text_mask, image_cls, image_tokens,
-                                                     is_entity)
-        routed = {"text": text_routed, "image": image_routed, **cross_routed}
+        text = image = cross = None
+        routed: dict[str, RoutedSequence] = {}
+        if self.text_unit is not None:
+            text, routed["text"] = self.text_unit.encode(text_cls, text_tokens, text_mask)
+        if self.vision_unit is not None:
+            image, routed["image"] = self.vision_unit.encode(image_cls, image_tokens, None)
+        if self.cross_unit is not None:
+            cross, cross_routed = self.cross_unit.encode(text_cls, text_tokens, text_mask, image_cls, image_tokens,
+                                                         is_entity)
+            routed.update(cross_routed)
         aux_loss = torch.stack([r.moe.aux_loss.float() for r in routed.values()]).mean()
         routing = None
         if with_routing:
@@ -335,11 +344,12 @@ class MMoEMatcher(nn.Module):
             paired = entities
         else:
             raise ValueError(f"entities must have batch shape [E] or [M={num_mentions}, K], got {list(entity_shape)}")
-        text = self.text_unit.score(mentions.text, paired.text)
-        image = self.vision_unit.score(mentions.image, paired.image)
-        cross = self.cross_unit.score(mentions.cross, paired.cross)
+        text = None if self.text_unit is None else self.text_unit.score(mentions.text, paired.text)
+        image = None if self.vision_unit is None else self.vision_unit.score(mentions.image, paired.image)
+        cross = None if self.cross_unit is None else self.cross_unit.score(mentions.cross, paired.cross)
+        enabled = [unit for unit in (text, image, cross) if unit is not None]
         aux_loss = self.config.aux_loss_weight * (mentions.aux_loss + entities.aux_loss) / 2
-        return MatchScores((text + image + cross) / 3, text, image, cross, aux_loss,
+        return MatchScores(sum(enabled) / len(enabled), text, image, cross, aux_loss,
                            mentions.routing, entities.routing)
 
     def score_all_pairs(self, mentions: MMoEFeatures, entities: MMoEFeatures,
