@@ -1,0 +1,363 @@
+"""What training and evaluation read: the two feature stores, the mentions and their FAISS candidates.
+
+Everything comes from the lake; CLIP never runs here. Features are read row by row from the memory-mapped
+feature stores (`FeatureStore.take` copies only the selected rows), so a KB of any size costs the RAM of a
+batch.
+
+Batches (training). A batch holds B train mentions in an order drawn from (seed, epoch), and as entity
+columns the golds of those mentions plus `hard_negatives` per mention, sampled among its best
+`hard_negative_pool` FAISS candidates other than its gold. The columns are deduplicated: when two
+mentions share a gold (or a hard negative of one is the gold of another) the entity appears once, and each
+mention's target is the column of its own gold. So no mention is ever trained against a copy of its own gold
+as a negative, and every other column is a true negative for it. This keeps every mention of the epoch
+(sampling batches with distinct golds would drop or delay mentions of popular entities).
+
+Data order and negatives depend only on (seed, epoch): a run resumed at epoch e draws exactly the batches the
+uninterrupted run drew.
+
+Bad input stops with a MELUserError naming the store, the ids and what is wrong: NaN/Inf in a feature row
+(checked on every batch), a text without any real token, stores or index written by different encoders,
+candidates naming KB indices that the entity store lacks, a split without usable mentions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import MMoEFeatures, NonFiniteFeatureError, check_finite_features
+from model.features import nonfinite_rows
+from pipeline.errors import MELUserError
+from pipeline.features import mention_store_name, store_dir
+from pipeline.features.store import FeatureBatch, FeatureStore
+from pipeline.index.faiss_index import CONFIG_NAME, index_dir
+from pipeline.lake import Lake
+
+CANDIDATES_TABLE = "mention_candidates"
+NO_MENTION_FEATURES = "no row in the mention feature store"
+NO_GOLD_FEATURES = "the gold entity has no row in the entity feature store"
+NO_CANDIDATES_ROW = "no row in mention_candidates (re-materialize it)"
+
+
+def entity_store_dir(lake: Lake) -> Path:
+    return store_dir(lake, "entity_features")
+
+
+def mention_store_dir(lake: Lake, description_source: str = "auto") -> Path:
+    """The mention store that `mention_features` writes for this ClipResource.description_source."""
+    return store_dir(lake, mention_store_name(description_source))
+
+
+@dataclass
+class Mentions:
+    """Every mention of the `mentions` table, with where its features, gold and candidates are."""
+
+    ids: np.ndarray  # str
+    split: np.ndarray  # str
+    is_nil: np.ndarray  # bool
+    gold_index: np.ndarray  # int64 KB index, -1 for nil
+    mention_row: np.ndarray  # int64 row in the mention store, -1 when absent
+    gold_row: np.ndarray  # int64 row of the gold in the entity store, -1 for nil or absent
+    candidates: list[np.ndarray]  # int64 entity-store rows of the FAISS candidates, best first
+    candidate_problem: list  # str | None: what the candidates stage reported for the mention
+
+    def select(self, split: str, linkable_only: bool = True) -> np.ndarray:
+        """Positions of the split's mentions (non-nil ones unless linkable_only=False)."""
+        chosen = self.split == split
+        if linkable_only:
+            chosen &= ~self.is_nil
+        return np.flatnonzero(chosen)
+
+    def problem_of(self, position: int) -> str | None:
+        if self.mention_row[position] < 0:
+            return NO_MENTION_FEATURES
+        if not self.is_nil[position] and self.gold_row[position] < 0:
+            return NO_GOLD_FEATURES
+        return self.candidate_problem[position]
+
+
+@dataclass
+class Inputs:
+    """The opened stores and tables of one lake, checked for consistency."""
+
+    lake: Lake
+    entities: FeatureStore
+    mentions_store: FeatureStore
+    mentions: Mentions
+    candidates_fingerprint: str
+    mentions_fingerprint: str
+
+    @property
+    def dims(self) -> dict:
+        return self.entities.dims
+
+    def fingerprints(self) -> dict:
+        return {"entity_store": self.entities.fingerprint, "mention_store": self.mentions_store.fingerprint,
+                "mention_candidates": self.candidates_fingerprint, "mentions": self.mentions_fingerprint}
+
+    @classmethod
+    def open(cls, lake: Lake, mention_store: Path | None = None, entity_store: Path | None = None) -> "Inputs":
+        """Open the stores (defaults: the lake's `features/entity` and `features/mention`) and the tables.
+
+        `mention_store` may point at a second mention store (e.g. built without descriptions, for the
+        ablation); it must come from the same encoder as the entity store and cover the same mention ids.
+        """
+        entities = FeatureStore.open(entity_store or entity_store_dir(lake))
+        mentions_store = FeatureStore.open(mention_store or mention_store_dir(lake))
+        check_same_encoder(entities, mentions_store, _index_config(lake))
+        table = _read_table(lake, "mentions", ["mention_id", "split", "gold_index", "is_nil"])
+        candidates = _read_table(lake, CANDIDATES_TABLE, ["mention_id", "candidates", "problem"])
+        mentions = _join(table, candidates, entities, mentions_store)
+        return cls(lake, entities, mentions_store, mentions, lake.table_fingerprint(CANDIDATES_TABLE) or "",
+                   lake.table_fingerprint("mentions") or "")
+
+
+def _read_table(lake: Lake, name: str, columns: list[str]):
+    if not lake.has_table(name):
+        raise MELUserError(f"The {name} table has not been materialized yet (no file at {lake.table_path(name)}); "
+                           f"materialize {name} first.")
+    return lake.read_table(name, columns=columns)
+
+
+def _index_config(lake: Lake) -> dict | None:
+    path = index_dir(lake) / CONFIG_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def check_same_encoder(entities: FeatureStore, mentions: FeatureStore, index_config: dict | None) -> None:
+    """Mention store, entity store and entity index must come from one encoder, or scores mean nothing."""
+    sources = [(f"the mention feature store at {mentions.root}", mentions.encoder)]
+    if index_config is not None:
+        sources.append(("the entity index (mention_candidates come from it)", index_config.get("encoder")))
+    for where, encoder in sources:
+        if encoder != entities.encoder:
+            raise MELUserError(
+                f"The entity feature store at {entities.root} was written by encoder {describe_encoder(entities.encoder)}"
+                f" but {where} by {describe_encoder(encoder)} ({_differences(entities.encoder, encoder)}); "
+                "re-materialize the features, entity_index and mention_candidates with one encoder.")
+    if mentions.dims != entities.dims:
+        raise MELUserError(f"The mention feature store at {mentions.root} has dims {mentions.dims}, the entity "
+                           f"store at {entities.root} {entities.dims}; re-materialize them with one encoder.")
+
+
+def describe_encoder(encoder: dict | None) -> str:
+    if not encoder:
+        return "(unknown)"
+    return f"{encoder.get('arch', '?')} ({encoder.get('weights', '?')})"
+
+
+def _differences(expected: dict, found: dict | None) -> str:
+    found = found or {}
+    keys = sorted(set(expected) | set(found))
+    return "; ".join(f"{key}: {expected.get(key)!r} vs {found.get(key)!r}" for key in keys
+                     if expected.get(key) != found.get(key))
+
+
+def _join(table, candidates, entities: FeatureStore, mention_store: FeatureStore) -> Mentions:
+    ids = np.asarray(table.column("mention_id").to_pylist(), dtype=str)
+    gold = np.asarray([-1 if g is None else g for g in table.column("gold_index").to_pylist()], dtype=np.int64)
+    is_nil = np.asarray(table.column("is_nil").to_pylist(), dtype=bool)
+    kb_row = kb_rows(entities)
+    mention_row = _rows_or_missing(mention_store, ids)
+    gold_row = np.where((gold >= 0) & ~is_nil, kb_row.lookup(gold), -1)
+
+    by_id = {mention_id: position for position, mention_id in
+             enumerate(candidates.column("mention_id").to_pylist())}
+    candidate_lists = candidates.column("candidates").to_pylist()
+    candidate_problems = candidates.column("problem").to_pylist()
+    rows, problems = [], []
+    for mention_id in ids.tolist():
+        position = by_id.get(mention_id)
+        if position is None:
+            rows.append(np.zeros(0, np.int64))
+            problems.append(NO_CANDIDATES_ROW)
+            continue
+        found = np.asarray(candidate_lists[position] or [], dtype=np.int64)
+        store_rows = kb_row.lookup(found)
+        if (store_rows < 0).any():
+            missing = found[store_rows < 0][:5].tolist()
+            raise MELUserError(
+                f"mention_candidates lists KB indices {missing} for mention {mention_id} that the entity feature "
+                f"store at {entities.root} does not hold; re-materialize entity_index and mention_candidates.")
+        rows.append(store_rows)
+        problems.append(candidate_problems[position])
+    return Mentions(ids, np.asarray(table.column("split").to_pylist(), dtype=str), is_nil, gold, mention_row,
+                    gold_row, rows, problems)
+
+
+def _rows_or_missing(store: FeatureStore, ids: np.ndarray) -> np.ndarray:
+    row_of = {item: row for row, item in enumerate(store.ids.tolist())}
+    return np.asarray([row_of.get(item, -1) for item in ids.tolist()], dtype=np.int64)
+
+
+@dataclass
+class KBRows:
+    """KB index -> entity store row (-1 when the entity has no features)."""
+
+    table: np.ndarray
+    kb_index: np.ndarray  # row -> KB index
+
+    def lookup(self, kb_indices: np.ndarray) -> np.ndarray:
+        kb_indices = np.asarray(kb_indices, dtype=np.int64)
+        inside = (kb_indices >= 0) & (kb_indices < len(self.table))
+        return np.where(inside, self.table[np.clip(kb_indices, 0, max(len(self.table) - 1, 0))], -1)
+
+
+def kb_rows(entities: FeatureStore) -> KBRows:
+    try:
+        kb_index = entities.ids.astype(np.int64)
+    except ValueError:
+        raise MELUserError(f"The entity feature store at {entities.root} has ids that are not KB indices "
+                           f"(e.g. {entities.ids[:3].tolist()}); re-materialize entity_features.") from None
+    table = np.full(int(kb_index.max()) + 1 if len(kb_index) else 0, -1, dtype=np.int64)
+    table[kb_index] = np.arange(len(kb_index))
+    return KBRows(table, kb_index)
+
+
+# -- features -------------------------------------------------------------------------------------------
+
+
+def read_features(store: FeatureStore, rows: np.ndarray, ids, device: torch.device, reference: bool) -> MMoEFeatures:
+    """Features of store `rows` on `device` (float32). NaN/Inf or an empty text in any row is a MELUserError
+    naming the store and the ids (training stops; it never skips)."""
+    features, problems = load_features(store, rows, device, reference)
+    bad = [i for i, problem in enumerate(problems) if problem]
+    if bad:
+        shown = [f"{ids[i]} ({problems[i]})" for i in bad[:10]] + (["..."] if len(bad) > 10 else [])
+        error = NonFiniteFeatures if all(problems[i].startswith("NaN") for i in bad) else MELUserError
+        raise error(f"The feature store at {store.root} holds unusable rows: {', '.join(shown)}; "
+                    "re-materialize those features or remove the items.")
+    return features
+
+
+def load_features(store: FeatureStore, rows: np.ndarray, device: torch.device,
+                  reference: bool = False) -> tuple[MMoEFeatures, list[str | None]]:
+    """Features of store `rows` on `device` (float32) and, per row, what makes it unusable (None: usable).
+
+    For the topk gate, text positions that are padding in every row are dropped: scores are unchanged
+    (padding is masked everywhere) and the matcher's cost falls with the text length. For the reference gate
+    the layout stays as the published code has it: every position, no mask (it attends over padding).
+    """
+    batch = store.take(rows)
+    if not reference:
+        batch = _trim_text(batch)
+    features = as_features(batch.to(device)).to(dtype=torch.float32)
+    if reference:
+        features.text_mask = None
+    problems: list[str | None] = [None] * len(rows)
+    for row in (~batch.text_mask.any(dim=1)).nonzero().flatten().tolist():
+        problems[row] = "no text token"
+    try:
+        check_finite_features(features, "features")
+    except NonFiniteFeatureError:
+        for row, tensors in _nonfinite_items(features).items():
+            problems[row] = f"NaN/Inf in {', '.join(tensors)}"
+    return features, problems
+
+
+def as_features(batch: FeatureBatch) -> MMoEFeatures:
+    return MMoEFeatures(text_embeds=batch.text_pooled, text_tokens=batch.text_tokens,
+                        image_embeds=batch.image_pooled, image_tokens=batch.image_tokens,
+                        text_mask=batch.text_mask, has_image=batch.has_image)
+
+
+def _trim_text(batch: FeatureBatch) -> FeatureBatch:
+    used = batch.text_mask.any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    return FeatureBatch(batch.text_pooled, batch.text_tokens[:, :length], batch.text_mask[:, :length],
+                        batch.image_pooled, batch.image_tokens, batch.has_image)
+
+
+class NonFiniteFeatures(MELUserError):
+    """NaN/Inf values in feature rows."""
+
+
+def _nonfinite_items(features: MMoEFeatures) -> dict[int, list[str]]:
+    """Row -> names of its tensors holding NaN/Inf (image tensors of rows without an image are not used)."""
+    bad: dict[int, list[str]] = {}
+    for name, tensor in features.tensors():
+        if name.startswith("image_") and features.has_image is not None:
+            shape = (-1,) + (1,) * (tensor.dim() - 1)
+            tensor = torch.where(features.has_image.reshape(shape), tensor, torch.zeros_like(tensor))
+        for row in nonfinite_rows(tensor):
+            bad.setdefault(row, []).append(name)
+    return bad
+
+
+# -- training batches -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSet:
+    """The train mentions that can be trained on, and how many could not (and why)."""
+
+    positions: np.ndarray  # into Mentions
+    mention_rows: np.ndarray
+    gold_rows: np.ndarray
+    negative_pools: list[np.ndarray]  # entity rows of the best non-gold candidates
+    left_out: dict[str, int]  # reason -> count (nil mentions, missing features)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+def train_set(mentions: Mentions, pool_size: int, split: str = "train") -> TrainSet:
+    """Non-nil mentions of `split` with features and a gold that has features; the others are counted."""
+    in_split = np.flatnonzero(mentions.split == split)
+    left_out = {"nil": int(mentions.is_nil[in_split].sum())}
+    linkable = in_split[~mentions.is_nil[in_split]]
+    no_features = linkable[mentions.mention_row[linkable] < 0]
+    no_gold = linkable[(mentions.mention_row[linkable] >= 0) & (mentions.gold_row[linkable] < 0)]
+    left_out.update({NO_MENTION_FEATURES: len(no_features), NO_GOLD_FEATURES: len(no_gold)})
+    usable = linkable[(mentions.mention_row[linkable] >= 0) & (mentions.gold_row[linkable] >= 0)]
+    if len(usable) == 0:
+        raise MELUserError(f"The {split} split has no mention to train on ({len(in_split)} mentions: "
+                           f"{_describe_left_out(left_out)}); check the mentions table and the feature stores.")
+    pools = []
+    for position in usable:
+        candidates = mentions.candidates[position]
+        pools.append(candidates[candidates != mentions.gold_row[position]][:pool_size])
+    return TrainSet(usable, mentions.mention_row[usable], mentions.gold_row[usable], pools, left_out)
+
+
+def _describe_left_out(left_out: dict[str, int]) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in left_out.items()) or "none"
+
+
+@dataclass
+class TrainBatch:
+    positions: np.ndarray  # into Mentions
+    mention_rows: np.ndarray
+    entity_rows: np.ndarray  # distinct columns: the golds first, then hard negatives
+    targets: np.ndarray  # column of each mention's gold
+
+
+def epoch_batches(data: TrainSet, batch_size: int, hard_negatives: int, seed: int, epoch: int) -> list[TrainBatch]:
+    """The batches of one epoch: a permutation and hard negatives drawn from (seed, epoch) only."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(data))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        golds = data.gold_rows[chosen]
+        negatives = [_sample(data.negative_pools[i], hard_negatives, rng) for i in chosen]
+        columns = _unique_in_order(np.concatenate([golds, *negatives]).astype(np.int64))
+        column_of = {row: column for column, row in enumerate(columns.tolist())}
+        targets = np.asarray([column_of[row] for row in golds.tolist()], dtype=np.int64)
+        batches.append(TrainBatch(data.positions[chosen], data.mention_rows[chosen], columns, targets))
+    return batches
+
+
+def _sample(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    if count == 0 or len(pool) == 0:
+        return np.zeros(0, np.int64)
+    return pool[np.sort(rng.choice(len(pool), size=min(count, len(pool)), replace=False))]
+
+
+def _unique_in_order(values: np.ndarray) -> np.ndarray:
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
