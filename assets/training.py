@@ -1,0 +1,168 @@
+"""MMoE assets: `mmoe_model` trains the matcher on the cached features, `evaluation` ranks the dev and test
+mentions with it and compares against zero-shot CLIP.
+
+The logic lives in `pipeline.training`; these assets map `TrainingResource` onto its settings and its
+reports onto metadata: per-epoch and per-split tables as markdown, the figures that matter as numbers (so the
+UI plots them across materializations), the rank histogram as an embedded PNG.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.features import ClipResource
+from assets.metadata import markdown_table, table_metadata
+from assets.resources import LakeResource, user_errors
+from pipeline.training.data import Inputs, mention_store_dir
+from pipeline.training.evaluate import PREDICTIONS_TABLE, evaluate_model, png_markdown
+from pipeline.training.settings import HEAD_LR, UNIT_NAMES, TrainingSettings
+from pipeline.training.train import current_model, train_mmoe
+
+GROUP = "mmoe"
+DEFAULTS = TrainingSettings()
+EPOCH_COLUMNS = ["epoch", "loss", "loss_total", "loss_text", "loss_image", "loss_cross", "dev_mrr", "dev_hits@1",
+                 "dev_hits@10", "seconds", "samples_per_second"]
+METRIC_COLUMNS = ["split", "scoring", "hits@1", "hits@3", "hits@5", "hits@10", "hits@20", "mr", "mrr", "count",
+                  "outside_top_k", "unscored"]
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """How the MMoE matcher is trained and evaluated (defaults: the paper's WikiMEL recipe, head-only lr)."""
+
+    preset: str = Field(default=DEFAULTS.preset, description="wikimel | richpediamel | wikidiverse: the experts' "
+                        "top-k (3 / 4 / 2) and the paper's learning rate.")
+    gate_mode: str = Field(default=DEFAULTS.gate_mode, description="topk (the paper) | reference (the published "
+                           "code's gate, batch-dependent scores; see model/GATES.md).")
+    top_k: int = Field(default=DEFAULTS.top_k, description="Experts per token; 0 = the preset's.")
+    hidden_dim: int = Field(default=DEFAULTS.hidden_dim, description="Width of the units (paper: 96).")
+    units: list[str] = Field(default=list(UNIT_NAMES), description="Scoring units kept: text, image, cross.")
+    lr_preset: str = Field(default=DEFAULTS.lr_preset, description=f"head ({HEAD_LR:g}: the matcher alone on frozen "
+                           "features) | paper (5e-6 WikiMEL / 1e-5 others, for fine-tuning all of CLIP).")
+    lr: float = Field(default=DEFAULTS.lr, description="Learning rate; 0 = from lr_preset.")
+    weight_decay: float = Field(default=DEFAULTS.weight_decay, description="AdamW decay (not on biases and norms).")
+    batch_size: int = Field(default=DEFAULTS.batch_size, description="Train mentions per batch (in-batch negatives).")
+    epochs: int = Field(default=DEFAULTS.epochs, description="Most epochs.")
+    patience: int = Field(default=DEFAULTS.patience, description="Epochs without a better dev MRR before stopping; "
+                          "0 = never stop early.")
+    hard_negatives: int = Field(default=DEFAULTS.hard_negatives, description="Per mention, from its FAISS "
+                                "candidates (gold excluded).")
+    hard_negative_pool: int = Field(default=DEFAULTS.hard_negative_pool, description="Hard negatives are drawn "
+                                    "among this many best non-gold candidates.")
+    seed: int = Field(default=DEFAULTS.seed, description="Seed of initialisation, data order and negatives.")
+    device: str = Field(default=DEFAULTS.device, description="auto (cuda when available) | cpu | cuda | cuda:N.")
+    amp: bool = Field(default=DEFAULTS.amp, description="bf16/fp16 autocast on CUDA.")
+    rerank_k: int = Field(default=DEFAULTS.rerank_k, description="Candidates reranked per mention.")
+    full_kb: bool = Field(default=DEFAULTS.full_kb, description="Evaluation also scores every KB entity (small "
+                          "KBs, checking the reranking).")
+    eval_batch_size: int = Field(default=DEFAULTS.eval_batch_size, description="Mentions per scoring call.")
+
+    def settings(self) -> TrainingSettings:
+        return TrainingSettings(
+            preset=self.preset, gate_mode=self.gate_mode, top_k=self.top_k, hidden_dim=self.hidden_dim,
+            units=tuple(self.units), lr_preset=self.lr_preset, lr=self.lr, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, epochs=self.epochs, patience=self.patience,
+            hard_negatives=self.hard_negatives, hard_negative_pool=self.hard_negative_pool, seed=self.seed,
+            device=self.device, amp=self.amp, rerank_k=self.rerank_k, full_kb=self.full_kb,
+            eval_batch_size=self.eval_batch_size)
+
+
+def _inputs(lake, clip: ClipResource) -> Inputs:
+    """The stores the feature assets write under the same ClipResource settings, and the lake's tables."""
+    return Inputs.open(lake, mention_store=mention_store_dir(lake, clip.description_source))
+
+
+@dg.asset(
+    deps=["entity_features", "mention_features", "mention_candidates", "mentions"],
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors"},
+    pool="gpu",
+    description="The MMoE matcher trained on the cached CLIP features (in-batch + FAISS hard negatives, early "
+    "stopping on dev MRR); the best epoch's safetensors checkpoint. Reused when inputs and settings are "
+    "unchanged, resumed after a crash.",
+)
+def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
+               clip: ClipResource) -> dg.MaterializeResult:
+    store = lake.lake()
+    with user_errors():
+        settings = training.settings()
+        settings.validate()
+        report = train_mmoe(store, settings, _inputs(store, clip), logger=context.log)
+    best = report.best_dev
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(report.fingerprint),
+        metadata={
+            "epochs": dg.MetadataValue.md(markdown_table([_rounded(row) for row in report.history], EPOCH_COLUMNS)),
+            "best_epoch": report.best_epoch,
+            "epochs_run": len(report.history),
+            "stopped_early": report.stopped_early,
+            "dev_mrr": float(best["mrr"]),
+            "dev_hits@1": float(best["hits@1"]),
+            "dev_hits@10": float(best["hits@10"]),
+            "samples_per_second": float(report.samples_per_second),
+            "parameters": report.parameters,
+            "train_mentions": report.train_mentions,
+            "left_out": dg.MetadataValue.json(report.left_out),
+            "device": report.device,
+            "learning_rate": float(settings.learning_rate),
+            "config": dg.MetadataValue.json(report.config),
+            "checkpoint": dg.MetadataValue.path(report.checkpoint),
+            "reused_stored_model": report.reused,
+            "resumed_from_epoch": report.resumed_from_epoch,
+            "fingerprint": report.fingerprint,
+        },
+    )
+
+
+@dg.asset(
+    deps=["mmoe_model", "mention_candidates", "entity_features", "mention_features", "mentions"],
+    group_name=GROUP,
+    kinds={"pytorch", "parquet"},
+    pool="gpu",
+    description="Dev and test mentions ranked by the trained matcher (FAISS top-K reranked; optionally the full "
+    "KB): Hits@1/3/5/10/20, MR, MRR per split next to zero-shot CLIP, a rank histogram, and the `predictions` "
+    "table (top-10 entities with per-unit scores and expert routing per mention).",
+)
+def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
+               clip: ClipResource) -> dg.MaterializeResult:
+    store = lake.lake()
+    with user_errors():
+        report = evaluate_model(store, training.settings(), current_model(store), _inputs(store, clip),
+                                logger=context.log)
+    predictions = store.read_table(PREDICTIONS_TABLE)
+    comparison = report.comparison("test")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(report.fingerprint),
+        metadata={
+            **table_metadata(predictions, store.table_path(PREDICTIONS_TABLE),
+                             ["mention_id", "split", "scoring", "gold_index", "gold_rank", "top_entities", "problem"]),
+            **{f"{row['split']}/{row['scoring']}/{name}": float(row[name]) for row in report.metrics
+               for name in ("hits@1", "hits@10", "mrr", "mr")},
+            **{f"{row['split']}/zero_shot_{row['modality']}/{name}": float(row[name]) for row in report.baselines
+               for name in ("hits@1", "mrr")},
+            "metrics": dg.MetadataValue.md(markdown_table([_rounded(row) for row in report.metrics], METRIC_COLUMNS)),
+            "comparison_test": dg.MetadataValue.md(markdown_table([_rounded(row) for row in comparison])),
+            "rank_histogram": dg.MetadataValue.md(png_markdown(report.histogram_png())),
+            "nil_mentions": dg.MetadataValue.json(report.nil_mentions),
+            "entities_encoded": report.entities_encoded,
+            "seconds": float(report.seconds),
+            "mentions_per_second": float(report.mentions_per_second),
+            "checkpoint": dg.MetadataValue.path(report.checkpoint),
+            "reused_stored_output": report.reused,
+            "fingerprint": report.fingerprint,
+        },
+    )
+
+
+@dg.asset_check(asset=evaluation, description="MMoE (reranking) beats zero-shot CLIP (text+image) on test MRR.")
+def mmoe_beats_zero_shot(lake: LakeResource) -> dg.AssetCheckResult:
+    stored = lake.lake().table_extra(PREDICTIONS_TABLE)
+    mmoe = next(row["mrr"] for row in stored["metrics"] if row["split"] == "test" and row["scoring"].startswith("rerank"))
+    zero_shot = next(row["mrr"] for row in stored["baselines"] if row["split"] == "test" and row["modality"] == "both")
+    return dg.AssetCheckResult(
+        passed=mmoe > zero_shot, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"mmoe_test_mrr": float(mmoe), "zero_shot_test_mrr": float(zero_shot)},
+        description=f"test MRR: MMoE {mmoe:.4f} vs zero-shot CLIP {zero_shot:.4f}.",
+    )
+
+
+def _rounded(row: dict) -> dict:
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in row.items()}

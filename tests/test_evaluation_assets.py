@@ -1,0 +1,85 @@
+"""The `mmoe_model` and `evaluation` assets, run through Dagster as the UI runs them, on a synthetic lake."""
+
+import dagster as dg
+import pytest
+import torch
+
+from assets import training
+from assets.features import ClipResource
+from assets.resources import LakeResource
+from pipeline.lake import Lake
+from pipeline.training.synthetic import build_synthetic_lake
+
+SMALL = dict(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def materialize(lake_root, instance, **settings):
+    return dg.materialize(
+        [training.mmoe_model, training.evaluation, training.mmoe_beats_zero_shot],
+        instance=instance,
+        resources={"lake": LakeResource(root=str(lake_root)), "clip": ClipResource(),
+                   "training": training.TrainingResource(**{**SMALL, **settings})},
+        raise_on_error=False,
+    )
+
+
+def metadata_of(result, asset):
+    [event] = result.asset_materializations_for_node(asset)
+    return {name: value.value for name, value in event.metadata.items()}
+
+
+def test_training_and_evaluation_show_epochs_metrics_comparison_and_histogram(tmp_path):
+    build_synthetic_lake(Lake(tmp_path))
+    with dg.instance_for_test() as instance:
+        first = materialize(tmp_path, instance)
+        second = materialize(tmp_path, instance)
+
+    assert first.success
+    model = metadata_of(first, "mmoe_model")
+    assert model["best_epoch"] in (1, 2) and 0 < model["dev_mrr"] <= 1
+    assert "| epoch | loss |" in model["epochs"] and model["checkpoint"].endswith(f"epoch-000{model['best_epoch']}")
+    assert model["reused_stored_model"] is False and model["parameters"] > 0
+
+    evaluation = metadata_of(first, "evaluation")
+    assert "![rank histogram](data:image/png;base64," in evaluation["rank_histogram"]
+    assert "zero-shot CLIP (both)" in evaluation["comparison_test"] and "MMoE (rerank@20)" in evaluation["comparison_test"]
+    assert 0 < evaluation["test/rerank@20/mrr"] <= 1 and evaluation["test/zero_shot_text/mrr"] > 0
+    assert evaluation["dagster/row_count"] == 48  # every dev and test mention, nil ones included
+    [check] = first.get_asset_check_evaluations()
+    assert check.metadata["mmoe_test_mrr"].value == evaluation["test/rerank@20/mrr"]
+
+    assert metadata_of(second, "mmoe_model")["reused_stored_model"] is True
+    assert metadata_of(second, "evaluation")["reused_stored_output"] is True
+
+
+def test_a_bad_setting_fails_with_one_sentence_naming_the_resource_field(tmp_path):
+    with dg.instance_for_test() as instance:
+        result = materialize(tmp_path, instance, preset="imagenet")
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "TrainingResource.preset 'imagenet' is not one of" in message and "Traceback" not in message
+
+
+def test_the_assets_load_beside_the_upstream_stages():
+    from assets import features, index
+
+    defs = dg.Definitions(
+        assets=[features.entity_features, features.mention_features, index.entity_index,
+                index.mention_candidates, training.mmoe_model, training.evaluation],
+        asset_checks=[training.mmoe_beats_zero_shot],
+        resources={"lake": LakeResource(), "clip": ClipResource(), "index": index.IndexResource(),
+                   "training": training.TrainingResource()},
+    )
+    graph = defs.resolve_asset_graph()
+    evaluation_key = dg.AssetKey("evaluation")
+    assert dg.AssetKey("mmoe_model") in graph.get(evaluation_key).parent_keys
+    assert graph.get(dg.AssetKey("mmoe_model")).parent_keys >= {
+        dg.AssetKey(k) for k in ("entity_features", "mention_features", "mention_candidates", "mentions")}
