@@ -30,7 +30,7 @@ install-test: $(VENV)/.installed-test
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n' > $@
+	printf 'telemetry:\n  enabled: false\n' > $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m assets.definitions --select '*'

@@ -5,6 +5,11 @@ import dagster as dg
 from assets import descriptions, features, index, ingest, training, wikidata
 from assets.resources import DatasetResource, LakeResource
 
+# One step at a time: the heavy steps (LLM, CLIP, training) each want the whole GPU or every CPU core,
+# and the stages form a chain anyway. A run can raise it in its config
+# (execution: config: multiprocess: max_concurrent: N).
+ONE_STEP_AT_A_TIME = dg.multiprocess_executor.configured({"max_concurrent": 1})
+
 defs = dg.Definitions(
     assets=[
         ingest.mimic_dataset,
@@ -27,6 +32,7 @@ defs = dg.Definitions(
     jobs=[ingest.refresh_job, features.kb_features_job],
     schedules=[features.weekly_kb_features],
     sensors=[ingest.dataset_change_sensor],
+    executor=ONE_STEP_AT_A_TIME,
     resources={
         "lake": LakeResource(),
         "dataset": DatasetResource(),
