@@ -5,6 +5,10 @@ Layout under the root (``MEL_HOME``, default ``./.mel``)::
     tables/<name>.parquet      one table per asset (mentions, entities, quarantine, ...)
     state/                     bookkeeping such as the file-hash cache
     duckdb/<name>.duckdb       DuckDB caches and indexes
+    features/<store>/          CLIP feature stores (pipeline.features.store)
+    index/entity/              the FAISS entity index and its id mapping (pipeline.index)
+    models/                    local model exports (the LLM's HF folder)
+    mmoe/                      MMoE training runs and evaluation outputs (pipeline.training)
     datasets/demo/             the generated demo dataset (when no dataset is configured)
     dagster/                   DAGSTER_HOME for the UI, schedules and sensors
 
