@@ -27,10 +27,15 @@ def log_messages(instance, run_id):
     return [record.user_message for record in instance.all_logs(run_id)]
 
 
-def test_definitions_load():
-    defs.resolve_all_job_defs()
-    assert {key.path[-1] for key in defs.resolve_asset_graph().get_all_asset_keys()} >= {
-        "mentions", "entities", "quarantine"}
+def test_definitions_hold_every_stage_and_run_one_step_at_a_time():
+    jobs = {job.name: job for job in defs.resolve_all_job_defs()}
+    assert {key.path[-1] for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
+        "mentions", "entities", "quarantine", "wikidata_candidates", "mention_descriptions", "entity_features",
+        "mention_features", "entity_index", "mention_candidates", "mmoe_model", "evaluation"}
+    for name in ("refresh_dataset", "refresh_kb_features"):
+        executor = jobs[name].executor_def
+        resolved = executor.config_schema.resolve_config({}).value
+        assert executor.name == "multiprocess" and resolved["config"]["max_concurrent"] == 1
 
 
 def test_materialization_shows_counts_and_previews(dataset, tmp_path):
