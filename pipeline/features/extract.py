@@ -15,7 +15,6 @@ waited for input.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from pipeline.features.encoder import ClipEncoder, EncoderSpec, load_encoder, to
 from pipeline.features.images import load_item_image
 from pipeline.features.items import Items
 from pipeline.features.store import StoreWriter
+from pipeline.progress import LogStream
 
 PROGRESS_SECONDS = 10.0
 
@@ -193,7 +193,7 @@ def _encode(items, keys, todo, encoder, writer, batch_size, num_workers, logger,
                           [items.image_digests[i] for i in todo], encoder)
     # One batch cannot overlap decoding with encoding: starting worker processes would only add their startup.
     loader = make_loader(dataset, encoder, batch_size, num_workers if len(todo) > batch_size else 0)
-    progress = tqdm(total=len(todo), unit="item", desc=f"{items.kind} features", file=_LogStream(logger),
+    progress = tqdm(total=len(todo), unit="item", desc=f"{items.kind} features", file=LogStream(logger),
                     mininterval=PROGRESS_SECONDS, ascii=True, dynamic_ncols=False, ncols=100)
     started = time.perf_counter()
     waited, done = 0.0, 0
@@ -228,15 +228,3 @@ def _check_finite(encoded, ids, encoder) -> None:
         )
 
 
-class _LogStream(io.StringIO):
-    """A file for tqdm that sends each refreshed progress line to a logger instead of a terminal."""
-
-    def __init__(self, logger):
-        super().__init__()
-        self.logger = logger
-
-    def write(self, text: str) -> int:
-        line = text.strip("\r\n ")
-        if line:
-            self.logger.info(line)
-        return len(text)

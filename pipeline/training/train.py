@@ -28,7 +28,6 @@ and a non-finite loss stops training naming the epoch, the step and the batch's 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import random
@@ -45,6 +44,7 @@ from model import MMoEConfig, MMoEMatcher, mmoe_loss, ranking_metrics
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_strings
 from pipeline.lake import Lake, write_text_atomic
+from pipeline.progress import LogStream
 from pipeline.training.checkpoints import RunFolder, epoch_name
 from pipeline.training.data import Inputs, TrainBatch, TrainSet, epoch_batches, read_features, train_set
 from pipeline.training.scoring import rank_mentions
@@ -310,20 +310,6 @@ class Trainer:
         self.logger.info(f"Training finished ({why}): best epoch {report.best_epoch}, dev MRR "
                          f"{report.best_dev['mrr']:.4f}, hits@1 {report.best_dev['hits@1']:.4f}; {report.checkpoint}")
         return report
-
-
-class LogStream(io.StringIO):
-    """A file for tqdm that sends each refreshed progress line to the run's logger (the Dagster log)."""
-
-    def __init__(self, logger):
-        super().__init__()
-        self.logger = logger
-
-    def write(self, text: str) -> int:
-        line = text.strip("\r\n ")
-        if line:
-            self.logger.info(line)
-        return len(text)
 
 
 def parameter_count(model: torch.nn.Module) -> int:
