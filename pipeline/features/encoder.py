@@ -42,6 +42,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import text_global_pool
 from torchvision.transforms import Compose, Normalize, ToTensor
 
+from pipeline.devices import resolve_device
 from pipeline.errors import MELUserError
 from pipeline.features import DEFAULT_ARCH
 from pipeline.features.store import EncodedBatch
@@ -128,15 +129,7 @@ class EncoderSpec:
         return json.dumps(self.identity(), sort_keys=True)
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise MELUserError(f"ClipResource.device {self.device!r} is not a torch device (use auto, cpu or cuda).") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MELUserError("ClipResource.device is 'cuda' but no CUDA GPU is available; use device='auto'.")
-        return device
+        return resolve_device(self.device, "ClipResource.device")
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The autocast dtype, None for plain fp32."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from model import DATASET_TOP_K, MMoEConfig
+from pipeline.devices import resolve_device
 from pipeline.errors import MELUserError
 
 GATE_MODES = ("topk", "reference")
@@ -100,16 +101,7 @@ class TrainingSettings:
         return dataclasses.replace(self, **changes)
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise MELUserError(f"TrainingResource.device {self.device!r} is not a torch device "
-                               "(use auto, cpu or cuda).") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MELUserError("TrainingResource.device is 'cuda' but no CUDA GPU is available; use 'auto'.")
-        return device
+        return resolve_device(self.device, "TrainingResource.device")
 
     def recipe(self) -> dict:
         """The settings that decide the trained weights (device, AMP and evaluation settings excluded)."""
