@@ -29,8 +29,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.errors import MELUserError
 
 TEMP_MARKER = ".tmp-"
 FINGERPRINT_KEY = b"mel.fingerprint"
@@ -80,6 +83,18 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def connect_cache(path: Path, name: str) -> duckdb.DuckDBPyConnection:
+    """Open (or create) the DuckDB cache file `path`; a locked or unreadable file is a MELUserError naming
+    the cache (`name`, e.g. "WikiData cache") and the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.Error as error:
+        if isinstance(error, duckdb.IOException) and "lock" in str(error).lower():
+            raise MELUserError(f"The {name} {path} is in use by another process; wait for that run to finish.") from None
+        raise MELUserError(f"The {name} {path} cannot be opened ({error}); delete it to start afresh.") from None
 
 
 def write_text_atomic(target: Path, text: str) -> None:

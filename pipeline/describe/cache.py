@@ -16,11 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
-from pipeline.errors import MELUserError
 from pipeline.hashing import hash_strings
+from pipeline.lake import connect_cache
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS choices (
@@ -70,8 +69,7 @@ def choice_key(backend: str, model_identity: str, version: str, prompt_text: str
 class ChoiceCache:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = _connect(self.path)
+        self.con = connect_cache(self.path, "LLM choice cache")
         self.con.execute(SCHEMA_SQL)
 
     def __enter__(self) -> "ChoiceCache":
@@ -116,16 +114,3 @@ class ChoiceCache:
 
     def count(self) -> int:
         return self.con.execute("SELECT count(*) FROM choices").fetchone()[0]
-
-
-def _connect(path: Path) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(str(path))
-    except duckdb.IOException as error:
-        if "lock" in str(error).lower():
-            raise MELUserError(
-                f"The LLM choice cache {path} is in use by another process; wait for that run to finish."
-            ) from None
-        raise MELUserError(f"The LLM choice cache {path} cannot be opened ({error}); delete it to start afresh.") from None
-    except duckdb.Error as error:
-        raise MELUserError(f"The LLM choice cache {path} cannot be opened ({error}); delete it to start afresh.") from None

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
-from pipeline.errors import MELUserError
+from pipeline.lake import connect_cache
 from pipeline.wikidata.search import Candidate, SearchOutcome
 
 CANDIDATE_TYPE = pa.struct(
@@ -68,8 +67,7 @@ _LOOKUP_COLUMNS = pa.schema(
 class LookupCache:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = _connect(self.path)
+        self.con = connect_cache(self.path, "WikiData cache")
         self.con.execute(SCHEMA_SQL)
 
     def close(self) -> None:
@@ -153,21 +151,6 @@ class LookupCache:
         return previous if previous != index_file else None
 
 
-def _connect(path: Path) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(str(path))
-    except duckdb.IOException as error:
-        if "lock" in str(error).lower():
-            raise MELUserError(
-                f"The WikiData cache {path} is in use by another process; wait for that run to finish."
-            ) from None
-        raise _unreadable(path, error) from None
-    except duckdb.Error as error:
-        raise _unreadable(path, error) from None
-
-
-def _unreadable(path: Path, error: Exception) -> MELUserError:
-    return MELUserError(f"The WikiData cache {path} cannot be opened ({error}); delete it to start afresh.")
 
 
 def _outcome(row: dict) -> SearchOutcome:
