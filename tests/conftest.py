@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.lake import Lake
@@ -81,3 +82,13 @@ def dataset(tmp_path) -> MimicDataset:
 @pytest.fixture
 def lake(tmp_path) -> Lake:
     return Lake(tmp_path / "lake")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny tensors: one thread is fastest, and immune to a busy second core. Module scope, so that a module's
+    fixtures that train run under it too; modules ask for it with `pytestmark = usefixtures(...)`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

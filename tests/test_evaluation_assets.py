@@ -2,7 +2,6 @@
 
 import dagster as dg
 import pytest
-import torch
 
 from assets import training
 from assets.features import ClipResource
@@ -13,12 +12,7 @@ from pipeline.training.synthetic import build_synthetic_lake
 SMALL = dict(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def materialize(lake_root, instance, **settings):

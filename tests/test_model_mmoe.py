@@ -43,13 +43,7 @@ def make_features(*batch: int, real_text_tokens: int = 5, seed: int = 0) -> MMoE
     )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture

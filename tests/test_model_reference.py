@@ -31,13 +31,7 @@ def _fixture_path() -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

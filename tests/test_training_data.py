@@ -15,12 +15,7 @@ from pipeline.training.data import (Inputs, NonFiniteFeatures, epoch_batches, me
 from pipeline.training.synthetic import SyntheticWorld, build_synthetic_lake, rewrite_store
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

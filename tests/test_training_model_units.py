@@ -10,12 +10,7 @@ TINY = MMoEConfig(embed_dim=8, text_dim=8, image_token_dim=12, vision_dim=8, tex
                   vision_hidden_dim=8, cross_hidden_dim=8, num_experts=4, top_k=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def features(n: int, seed: int) -> MMoEFeatures:

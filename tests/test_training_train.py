@@ -20,14 +20,7 @@ SMALL = TrainingSettings(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=
                          device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy second core (module scope: the module's
-    fixtures that train run under it too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
