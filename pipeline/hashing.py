@@ -38,6 +38,15 @@ def hash_strings(parts: Iterable[str]) -> str:
     return hasher.hexdigest()
 
 
+def table_content_hash(table: pa.Table) -> str:
+    """A digest of a table's rows and schema, not of its metadata or file (which carries a write time)."""
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hash_bytes(sink.getvalue().to_pybytes())
+
+
 def hash_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, new_hasher).hexdigest()

@@ -33,7 +33,7 @@ from pipeline.describe.measure import selection_accuracy
 from pipeline.describe.prompts import PROMPT_VERSION, Prompt, build_prompt
 from pipeline.describe.scoring import SCORING_RULE, choose
 from pipeline.errors import MELUserError
-from pipeline.hashing import FileHashCache, hash_bytes, hash_strings
+from pipeline.hashing import FileHashCache, hash_strings, table_content_hash
 from pipeline.lake import Lake
 
 TABLE = "mention_descriptions"
@@ -104,7 +104,7 @@ def select_descriptions(
     identity = model_identity(backend, FileHashCache(lake.state_path("model_hashes.parquet")))
     candidates = read_candidates(lake)
     fingerprint = hash_strings([DESCRIPTIONS_VERSION, lake.table_fingerprint("mentions") or "",
-                                content_hash(candidates), backend.name, identity, CHOICE_VERSION])
+                                table_content_hash(candidates), backend.name, identity, CHOICE_VERSION])
     if not force and lake.table_fingerprint(TABLE) == fingerprint:
         logger.info(f"Mentions, candidates and model unchanged (fingerprint {fingerprint[:12]}): "
                     "reusing the stored table.")
@@ -157,15 +157,6 @@ def read_candidates(lake: Lake) -> pa.Table:
         raise MELUserError(f"The candidates table {lake.table_path('wikidata_candidates')} lacks the column(s) "
                            f"{', '.join(missing)}; re-materialize `wikidata_candidates`.")
     return table.select(list(CANDIDATE_COLUMNS)).sort_by([("mention_id", "ascending"), ("rank", "ascending")])
-
-
-def content_hash(table: pa.Table) -> str:
-    """A digest of a table's rows (not of its file, which carries a write time)."""
-    table = table.replace_schema_metadata(None).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hash_bytes(sink.getvalue().to_pybytes())
 
 
 def gather_options(mentions: pa.Table, candidates: pa.Table) -> tuple[list[MentionOptions], dict]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.errors import MELUserError
-from pipeline.hashing import hash_bytes, hash_strings
+from pipeline.hashing import hash_strings, table_content_hash
 from pipeline.lake import Lake
 from pipeline.wikidata.api import DEFAULT_ENDPOINT, WikidataAPIClient
 from pipeline.wikidata.cache import LookupCache
@@ -166,11 +166,3 @@ def _warn_about_truncation(stats: dict, logger) -> None:
                        f"{stats['dump_truncated_after_lines']:,} lines ({stats.get('dump_truncation')}); "
                        f"items after that point cannot be found. Replace the file to re-index it.")
 
-
-def table_content_hash(table: pa.Table) -> str:
-    """A digest of a table's rows and schema (not its metadata): the asset's data version."""
-    table = table.replace_schema_metadata(None).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hash_bytes(sink.getvalue().to_pybytes())
