@@ -72,7 +72,8 @@ def rule_comparison(lake: Lake) -> list[dict]:
     """LLM accuracy under each scoring rule, recomputed from the raw scores in the choice cache."""
     options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
     with ChoiceCache(lake.duckdb_path("llm_choices")) as cache:
-        rows = cache.con.execute("SELECT prompt, logprob_sums, baseline_sums, token_counts FROM choices").fetchall()
+        with cache.connect() as con:
+            rows = con.execute("SELECT prompt, logprob_sums, baseline_sums, token_counts FROM choices").fetchall()
     by_prompt = {prompt: OptionScores(list(s), list(b), list(n)) for prompt, s, b, n in rows}
     results = []
     for rule in RULES:

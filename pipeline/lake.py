@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import MELUserError
+from pipeline.locks import exclusive_lock, process_alive
 
 TEMP_MARKER = ".tmp-"
 FINGERPRINT_KEY = b"mel.fingerprint"
@@ -71,30 +72,58 @@ def _remove_stale_temps(target: Path) -> None:
     """Delete temporaries of ``target`` left by processes that no longer run."""
     for leftover in target.parent.glob(f".{target.name}{TEMP_MARKER}*"):
         pid = leftover.name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class SharedDuckDB:
+    """A DuckDB file that concurrent runs share (the WikiData and LLM choice caches).
+
+    DuckDB lets one process at a time open a file for writing; a second gets an IO error. So every operation
+    opens the file under an inter-process lock (`<file>.lock`), runs, commits and closes: two runs at once
+    take turns for milliseconds instead of failing. Subclasses set `label` (for messages) and `schema_sql`.
+    """
+
+    label = "cache"
+    schema_sql = ""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._schema_ready = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing stays open between operations; kept so callers can use the cache as a context manager."""
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        lock = self.path.with_name(f"{self.path.name}.lock")
+        with exclusive_lock(lock):
+            con = _connect(self.path, self.label)
+            try:
+                if not self._schema_ready:
+                    con.execute(self.schema_sql)
+                    self._schema_ready = True
+                yield con
+            finally:
+                con.close()
 
 
-def connect_cache(path: Path, name: str) -> duckdb.DuckDBPyConnection:
-    """Open (or create) the DuckDB cache file `path`; a locked or unreadable file is a MELUserError naming
-    the cache (`name`, e.g. "WikiData cache") and the path."""
+def _connect(path: Path, label: str) -> duckdb.DuckDBPyConnection:
+    """Open (or create) `path`; a file locked by a process outside the pipeline, or unreadable, is a
+    MELUserError naming the cache and the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return duckdb.connect(str(path))
     except duckdb.Error as error:
         if isinstance(error, duckdb.IOException) and "lock" in str(error).lower():
-            raise MELUserError(f"The {name} {path} is in use by another process; wait for that run to finish.") from None
-        raise MELUserError(f"The {name} {path} cannot be opened ({error}); delete it to start afresh.") from None
+            raise MELUserError(f"The {label} {path} is in use by another process; wait for that run to finish.") from None
+        raise MELUserError(f"The {label} {path} cannot be opened ({error}); delete it to start afresh.") from None
 
 
 def write_text_atomic(target: Path, text: str) -> None:

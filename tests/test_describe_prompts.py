@@ -123,7 +123,7 @@ def test_cache_in_use_by_another_process_is_one_sentence(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(MELUserError, match="is in use by another process"):
-            ChoiceCache(path)
+            ChoiceCache(path).count()
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)

@@ -71,3 +71,30 @@ def test_reading_a_table_that_was_never_written_says_so(tmp_path):
 def test_root_comes_from_mel_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MEL_HOME", str(tmp_path / "elsewhere"))
     assert Lake().root == tmp_path / "elsewhere"
+
+
+def test_two_processes_share_a_duckdb_cache_without_a_lock_error(tmp_path):
+    """Two runs at once (two inbox partitions, say) write the same LLM choice cache: they take turns."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "llm_choices.duckdb"
+    writer = textwrap.dedent(f"""
+        import sys
+        from pipeline.describe.cache import ChoiceCache
+        cache = ChoiceCache({str(path)!r})
+        for batch in range(40):
+            cache.put_many([dict(key=f"{{sys.argv[1]}}-{{batch}}", backend="b", model="m", chosen_index=0,
+                                 chosen_qid=None, probabilities=[1.0], logprob_sums=[0.0], baseline_sums=[0.0],
+                                 token_counts=[1], prompt="p")])
+            assert cache.get_many([f"{{sys.argv[1]}}-{{batch}}"])
+    """)
+    runs = [subprocess.Popen([sys.executable, "-c", writer, name], stderr=subprocess.PIPE, text=True)
+            for name in ("first", "second")]
+    errors = [run.communicate(timeout=120)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+
+    from pipeline.describe.cache import ChoiceCache
+
+    assert ChoiceCache(path).count() == 80

@@ -510,6 +510,6 @@ def test_a_cache_held_by_another_process_is_a_one_sentence_error(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(MELUserError, match="in use by another process"):
-            LookupCache(path)
+            LookupCache(path).count()
     finally:
         holder.communicate("")

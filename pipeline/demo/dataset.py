@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
@@ -12,7 +11,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+
+from pipeline.locks import exclusive_lock, process_alive
 
 from .world import SPLITS, build_world
 from .writer import (DUMP_PATH, TruthBuilder, defect_records, dump_entries, dump_text, json_list, kb_record,
@@ -188,37 +188,10 @@ def _remove_stale_staging(out_dir: Path) -> None:
         return
     for candidate in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
         pid = candidate.name.rsplit("-", 1)[-1]
-        if candidate.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+        if candidate.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
             shutil.rmtree(candidate, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers are stale by definition
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
-    """Serialise generations of one directory across processes (e.g. parallel Dagster runs).
-
-    The lock file `<name>.tmp-lock` stays next to the dataset: deleting it would race with waiters."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out_dir.with_name(f"{out_dir.name}.tmp-lock")
-    with open(lock_path, "a+b") as lock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no cross-process lock, staging still keeps the output whole
-            yield
-            return
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _exclusive(out_dir: Path):
+    """Serialise generations of one directory across processes (e.g. parallel Dagster runs)."""
+    return exclusive_lock(out_dir.with_name(f"{out_dir.name}.tmp-lock"))

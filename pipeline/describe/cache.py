@@ -7,19 +7,18 @@ every prompt cached never loads one. Rows keep the raw per-option log-likelihood
 token counts (with and without the sentence) next to the choice, so another scoring
 rule can be evaluated from the cache alone (bench/description_selection.py does).
 
-Each `put` is one transaction: a crash loses at most the batch in flight. One process
-writes the file at a time (DuckDB's file lock); a second gets a one-sentence error.
+Each `put` is one transaction: a crash loses at most the batch in flight. Concurrent runs
+share the file: each operation opens it under an inter-process lock (`lake.SharedDuckDB`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.hashing import hash_strings
-from pipeline.lake import connect_cache
+from pipeline.lake import SharedDuckDB
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS choices (
@@ -66,33 +65,20 @@ def choice_key(backend: str, model_identity: str, version: str, prompt_text: str
     return hash_strings([backend, model_identity, version, prompt_text])
 
 
-class ChoiceCache:
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.con = connect_cache(self.path, "LLM choice cache")
-        self.con.execute(SCHEMA_SQL)
-
-    def __enter__(self) -> "ChoiceCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.con.close()
+class ChoiceCache(SharedDuckDB):
+    label = "LLM choice cache"
+    schema_sql = SCHEMA_SQL
 
     def get_many(self, keys: list[str]) -> dict[str, CachedChoice]:
         if not keys:
             return {}
         wanted = pa.table({"key": pa.array(sorted(set(keys)), pa.string())})
-        self.con.register("wanted_keys", wanted)
-        try:
-            rows = self.con.execute(
+        with self.connect() as con:
+            con.register("wanted_keys", wanted)
+            rows = con.execute(
                 "SELECT key, chosen_index, probabilities, logprob_sums, baseline_sums, token_counts "
                 "FROM choices JOIN wanted_keys USING (key)"
             ).fetchall()
-        finally:
-            self.con.unregister("wanted_keys")
         return {key: CachedChoice(index, list(probs), list(sums), list(baselines), list(counts))
                 for key, index, probs, sums, baselines, counts in rows}
 
@@ -101,16 +87,16 @@ class ChoiceCache:
         if not rows:
             return
         batch = pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
-        self.con.register("new_choices", batch)
-        try:
-            self.con.execute("BEGIN TRANSACTION")
-            self.con.execute("INSERT OR REPLACE INTO choices SELECT *, now() FROM new_choices")
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        finally:
-            self.con.unregister("new_choices")
+        with self.connect() as con:
+            con.register("new_choices", batch)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("INSERT OR REPLACE INTO choices SELECT *, now() FROM new_choices")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def count(self) -> int:
-        return self.con.execute("SELECT count(*) FROM choices").fetchone()[0]
+        with self.connect() as con:
+            return con.execute("SELECT count(*) FROM choices").fetchone()[0]

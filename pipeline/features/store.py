@@ -32,7 +32,6 @@ or the new generation.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import mmap
@@ -53,6 +52,7 @@ import torch
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_strings
 from pipeline.lake import TEMP_MARKER, atomic_path, write_text_atomic
+from pipeline.locks import exclusive_lock
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -390,17 +390,14 @@ class StoreWriter:
         self._pending_rows = 0
         self._writes: list[Future] = []
         self._pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="feature-part-writer")
-        self._lock_file = None
+        self._lock = None
 
     # -- lifecycle
     def __enter__(self) -> "StoreWriter":
         (self.root / "parts").mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.root / ".lock", "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.logger.info(f"Another run is writing {self.root}; waiting for it to finish.")
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        self._lock = exclusive_lock(self.root / ".lock", self.logger,
+                                    f"Another run is writing {self.root}; waiting for it to finish.")
+        self._lock.__enter__()
         self._scan_parts()
         return self
 
@@ -409,7 +406,7 @@ class StoreWriter:
             self._wait_for_writes()  # finished parts are kept: a re-run resumes from them
         finally:
             self._pool.shutdown(wait=True)
-            self._lock_file.close()
+            self._lock.__exit__(None, None, None)
 
     def _scan_parts(self) -> None:
         """Index every finished part of this encoder identity, committed or left by a crashed run."""

@@ -39,7 +39,6 @@ and searches run on the GPU; the index is always kept and serialised on the CPU.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import math
@@ -69,6 +68,7 @@ from pipeline.index.vectors import (
     row_batches,
 )
 from pipeline.lake import Lake, atomic_path, write_text_atomic
+from pipeline.locks import exclusive_lock
 
 INDEX_FORMAT = "1"
 KINDS = ("auto", "flat", "ivf")
@@ -434,12 +434,8 @@ def update_entity_index(items: ItemVectors, directory: Path, settings: IndexSett
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info(f"Another run is updating the entity index in {directory}; waiting for it to finish.")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(directory / ".lock", logger,
+                        f"Another run is updating the entity index in {directory}; waiting for it to finish."):
         return _update(items, directory, settings, logger)
 
 

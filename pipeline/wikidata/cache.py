@@ -6,8 +6,9 @@ stored too, with their reason, attempt count and last HTTP status: the failures
 table can be rebuilt from the cache, and the next run asks again for exactly those.
 
 Each `put` is one transaction, committed (DuckDB's WAL is synced on commit) before
-the next batch is looked up. One process writes the file at a time (DuckDB's file
-lock); a second one gets a one-sentence error instead of a stack trace.
+the next batch is looked up. Concurrent runs share the file: each operation opens it
+under an inter-process lock (`lake.SharedDuckDB`), so they take turns instead of
+failing on DuckDB's one-writer file lock.
 
 The cache also remembers, per dump file (path, size, mtime), the cheap content
 fingerprint that names its index, so an unchanged dump is not opened at all.
@@ -15,11 +16,10 @@ fingerprint that names its index, so an unchanged dump is not opened at all.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.lake import connect_cache
+from pipeline.lake import SharedDuckDB
 from pipeline.wikidata.search import Candidate, SearchOutcome
 
 CANDIDATE_TYPE = pa.struct(
@@ -64,37 +64,24 @@ _LOOKUP_COLUMNS = pa.schema(
 )
 
 
-class LookupCache:
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.con = connect_cache(self.path, "WikiData cache")
-        self.con.execute(SCHEMA_SQL)
-
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> LookupCache:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+class LookupCache(SharedDuckDB):
+    label = "WikiData cache"
+    schema_sql = SCHEMA_SQL
 
     # -- lookups -------------------------------------------------------------------
     def get(self, source: str, searches: list[str], language: str) -> dict[str, SearchOutcome]:
         if not searches:
             return {}
-        self.con.register("wanted", pa.table({"search": pa.array(searches, pa.string())}))
-        try:
+        with self.connect() as con:
+            con.register("wanted", pa.table({"search": pa.array(searches, pa.string())}))
             rows = pa.table(
-                self.con.sql(
+                con.sql(
                     """SELECT l.search, l.status, l.result_limit, l.candidates, l.reason, l.attempts, l.last_status
                        FROM lookups l JOIN wanted USING (search)
                        WHERE l.source = $source AND l.language = $language""",
                     params={"source": source, "language": language},
                 )
             ).to_pylist()
-        finally:
-            self.con.unregister("wanted")
         return {row["search"]: _outcome(row) for row in rows}
 
     def put(self, source: str, language: str, limit: int, outcomes: dict[str, SearchOutcome]) -> None:
@@ -114,39 +101,41 @@ class LookupCache:
             },
             schema=_LOOKUP_COLUMNS,
         )
-        self.con.register("batch", batch)
-        try:
-            self.con.execute("INSERT OR REPLACE INTO lookups SELECT *, now() FROM batch")
-        finally:
-            self.con.unregister("batch")
+        with self.connect() as con:
+            con.register("batch", batch)
+            con.execute("INSERT OR REPLACE INTO lookups SELECT *, now() FROM batch")
 
     def count(self, source: str | None = None, status: str | None = None) -> int:
         query = "SELECT count(*) FROM lookups WHERE ($source IS NULL OR source = $source) " \
                 "AND ($status IS NULL OR status = $status)"
-        [(count,)] = self.con.execute(query, {"source": source, "status": status}).fetchall()
+        with self.connect() as con:
+            [(count,)] = con.execute(query, {"source": source, "status": status}).fetchall()
         return count
 
     # -- dump bookkeeping -----------------------------------------------------------
     def remembered_fingerprint(self, path: str, size: int, mtime_ns: int) -> str | None:
-        rows = self.con.execute(
-            "SELECT fingerprint FROM dump_fingerprints WHERE path = ? AND size = ? AND mtime_ns = ?",
-            [path, size, mtime_ns],
-        ).fetchall()  # fetch to the end: DuckDB 2 keeps a half-read result open on the connection
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT fingerprint FROM dump_fingerprints WHERE path = ? AND size = ? AND mtime_ns = ?",
+                [path, size, mtime_ns],
+            ).fetchall()
         return rows[0][0] if rows else None
 
     def remember_fingerprint(self, path: str, size: int, mtime_ns: int, fingerprint: str) -> None:
-        self.con.execute(
-            "INSERT OR REPLACE INTO dump_fingerprints VALUES (?, ?, ?, ?)", [path, size, mtime_ns, fingerprint]
-        )
+        with self.connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO dump_fingerprints VALUES (?, ?, ?, ?)", [path, size, mtime_ns, fingerprint]
+            )
 
     def replace_index_record(self, dump_path: str, language: str, index_file: str) -> str | None:
         """Record the index now serving (dump_path, language); return the one it replaces."""
-        rows = self.con.execute(
-            "SELECT index_file FROM dump_indexes WHERE dump_path = ? AND language = ?", [dump_path, language]
-        ).fetchall()
-        self.con.execute(
-            "INSERT OR REPLACE INTO dump_indexes VALUES (?, ?, ?, now())", [dump_path, language, index_file]
-        )
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT index_file FROM dump_indexes WHERE dump_path = ? AND language = ?", [dump_path, language]
+            ).fetchall()
+            con.execute(
+                "INSERT OR REPLACE INTO dump_indexes VALUES (?, ?, ?, now())", [dump_path, language, index_file]
+            )
         previous = rows[0][0] if rows else None
         return previous if previous != index_file else None
 
