@@ -18,6 +18,7 @@ Batches are committed to the cache as they finish, so a crash loses at most one 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -97,31 +98,49 @@ def select_descriptions(
         if not lake.has_table(name):
             raise MELUserError(f"The {name} table has not been materialized yet (no file at "
                                f"{lake.table_path(name)}); materialize `{name}` first.")
+    with choice_backend(lake, config, backend) as (backend, identity):
+        candidates = read_candidates(lake)
+        fingerprint = hash_strings([DESCRIPTIONS_VERSION, lake.table_fingerprint("mentions") or "",
+                                    table_content_hash(candidates), backend.name, identity, CHOICE_VERSION])
+        if not force and lake.table_fingerprint(TABLE) == fingerprint:
+            logger.info(f"Mentions, candidates and model unchanged (fingerprint {fingerprint[:12]}): "
+                        "reusing the stored table.")
+            stats = {**lake.table_extra(TABLE), "llm_calls": 0, "cache_hits": 0, "prompts_scored": 0}
+            return DescriptionsReport(True, fingerprint, stats)
+        mentions = lake.read_table("mentions", columns=list(MENTION_COLUMNS))
+        table, stats = describe_mentions(lake, backend, identity, mentions, candidates, config.batch_size, logger)
+    lake.write_table(TABLE, table, fingerprint, extra=stats)
+    logger.info(f"Wrote {table.num_rows} mention descriptions: {stats['chosen']} chosen, "
+                f"{stats['none_of_these']} none of these, {stats['no_candidates']} without candidates "
+                f"({stats['llm_calls']} LLM calls, {stats['cache_hits']} cached).")
+    return DescriptionsReport(False, fingerprint, stats)
+
+
+@contextlib.contextmanager
+def choice_backend(lake: Lake, config: LLMConfig, backend: ChoiceBackend | None = None):
+    """(backend, model identity) for `config`; the backend loads its model on its first uncached prompt and
+    is closed at the end unless it was passed in (then it stays loaded for its owner)."""
     if not config.export_dir:
         config = dataclasses.replace(config, export_dir=str(lake.dir("models")))
-    owns_backend = backend is None  # a backend passed in stays loaded for its owner
+    owned = backend is None
     backend = backend or make_backend(config)
-    identity = model_identity(backend, FileHashCache(lake.state_path("model_hashes.parquet")))
-    candidates = read_candidates(lake)
-    fingerprint = hash_strings([DESCRIPTIONS_VERSION, lake.table_fingerprint("mentions") or "",
-                                table_content_hash(candidates), backend.name, identity, CHOICE_VERSION])
-    if not force and lake.table_fingerprint(TABLE) == fingerprint:
-        logger.info(f"Mentions, candidates and model unchanged (fingerprint {fingerprint[:12]}): "
-                    "reusing the stored table.")
-        stats = {**lake.table_extra(TABLE), "llm_calls": 0, "cache_hits": 0, "prompts_scored": 0}
-        return DescriptionsReport(True, fingerprint, stats)
+    try:
+        yield backend, model_identity(backend, FileHashCache(lake.state_path("model_hashes.parquet")))
+    finally:
+        if owned:
+            backend.close()
 
-    mentions = lake.read_table("mentions", columns=list(MENTION_COLUMNS))
+
+def describe_mentions(lake: Lake, backend: ChoiceBackend, identity: str, mentions: pa.Table, candidates: pa.Table,
+                      batch_size: int, logger=log) -> tuple[pa.Table, dict]:
+    """The description rows (OUTPUT_SCHEMA) of `mentions` (MENTION_COLUMNS) given their WikiData candidates,
+    and the statistics: every prompt comes from the choice cache or is scored and cached batch by batch."""
     options, counts = gather_options(mentions, candidates)
     for item in options:
         if item.prompt is not None:
             item.key = choice_key(backend.name, identity, CHOICE_VERSION, item.prompt.key_text())
-    try:
-        with ChoiceCache(lake.duckdb_path("llm_choices")) as cache:
-            choices, run = choose_all(options, backend, identity, cache, config.batch_size, logger)
-    finally:
-        if owns_backend:
-            backend.close()
+    with ChoiceCache(lake.duckdb_path("llm_choices")) as cache:
+        choices, run = choose_all(options, backend, identity, cache, batch_size, logger)
     table = output_table(options, choices, backend.name, identity)
     stats = {
         **counts,
@@ -133,11 +152,7 @@ def select_descriptions(
         "accuracy": selection_accuracy(options, choices),
     }
     stats.update({status: stats.get(status, 0) for status in STATUSES})
-    lake.write_table(TABLE, table, fingerprint, extra=stats)
-    logger.info(f"Wrote {table.num_rows} mention descriptions: {stats['chosen']} chosen, "
-                f"{stats['none_of_these']} none of these, {stats['no_candidates']} without candidates "
-                f"({run['llm_calls']} LLM calls, {run['cache_hits']} cached).")
-    return DescriptionsReport(False, fingerprint, stats)
+    return table, stats
 
 
 def model_identity(backend: ChoiceBackend, hashes: FileHashCache) -> str:

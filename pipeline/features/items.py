@@ -77,33 +77,38 @@ def mention_items(lake: Lake, description_source: str = "auto") -> Items:
             f"ClipResource.description_source {description_source!r} is not one of {', '.join(DESCRIPTION_SOURCES)}."
         )
     table = _read(lake, "mentions", ["mention_id", "mention", "sentence", "description", "image_path", "image_digest"])
-    root = _dataset_dir(lake, "mentions")
-    columns = table.to_pydict()
     resolved = description_source
     if resolved == "auto":
         resolved = "llm" if lake.has_table(DESCRIPTIONS_TABLE) else "dataset"
     if resolved == "llm":
         descriptions = _llm_descriptions(lake)
-        chosen = [descriptions.get(mention_id) for mention_id in columns["mention_id"]]
+        chosen = [descriptions.get(mention_id) for mention_id in table.column("mention_id").to_pylist()]
     elif resolved == "dataset":
-        chosen = columns["description"]
+        chosen = table.column("description").to_pylist()
     else:
         chosen = [None] * table.num_rows
+    items = mention_items_of(table, _dataset_dir(lake, "mentions"), chosen)
+    items.recipe.update(description_source=description_source, resolved_description_source=resolved)
+    return items
+
+
+def mention_items_of(table: pa.Table, image_root: Path, descriptions: list[str | None]) -> Items:
+    """Mention items from rows of the mentions schema (image paths relative to `image_root`) and, per row, the
+    description to append (None: none). The one place that says how a mention's text is built."""
+    columns = table.to_pydict()
     texts = [join_text([mention, sentence, description])
-             for mention, sentence, description in zip(columns["mention"], columns["sentence"], chosen)]
+             for mention, sentence, description in zip(columns["mention"], columns["sentence"], descriptions)]
     return Items(
         kind="mention",
         ids=columns["mention_id"],
         texts=texts,
-        image_files=[str(root / path) if path else None for path in columns["image_path"]],
+        image_files=[str(Path(image_root) / path) if path else None for path in columns["image_path"]],
         image_digests=columns["image_digest"],
         recipe={
             "kind": "mention",
             "text": "mention [SEP] sentence [SEP] description",
             "image": "the mention's image",
-            "description_source": description_source,
-            "resolved_description_source": resolved,
-            "mentions_with_description": sum(1 for d in chosen if d and d.strip()),
+            "mentions_with_description": sum(1 for d in descriptions if d and d.strip()),
         },
     )
 

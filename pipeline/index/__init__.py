@@ -5,7 +5,9 @@
 ``candidates``   top-K KB indices per mention and recall@K of the gold entity per split
 """
 
-from pipeline.index.candidates import CANDIDATES_SCHEMA, CandidatesReport, find_mention_candidates
+from pipeline.index.candidates import (
+    CANDIDATES_SCHEMA, CandidatesReport, check_compatible, find_mention_candidates, search_mentions,
+)
 from pipeline.index.faiss_index import (
     EntityIndex, IndexReport, IndexSettings, SyncCounts, index_dir, update_entity_index,
 )
@@ -13,5 +15,6 @@ from pipeline.index.vectors import COMBINATION_RULE, ItemVectors
 
 __all__ = [
     "CANDIDATES_SCHEMA", "COMBINATION_RULE", "CandidatesReport", "EntityIndex", "IndexReport", "IndexSettings",
-    "ItemVectors", "SyncCounts", "find_mention_candidates", "index_dir", "update_entity_index",
+    "ItemVectors", "SyncCounts", "check_compatible", "find_mention_candidates", "index_dir", "search_mentions",
+    "update_entity_index",
 ]

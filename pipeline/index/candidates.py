@@ -72,8 +72,8 @@ def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: ItemVector
     if use_gpu and k > GPU_MAX_K:
         raise MELUserError(f"The index setting top_k={top_k} exceeds faiss's GPU limit of {GPU_MAX_K}; lower it.")
     started = time.perf_counter()
-    candidates, scores, problems, searched = _search(index, mentions, table["mention_id"], k, settings, use_gpu,
-                                                     logger)
+    candidates, scores, problems, searched = search_mentions(index, mentions, table["mention_id"].to_pylist(), k,
+                                                             settings, use_gpu, logger)
     seconds = time.perf_counter() - started
     logger.info(f"Searched {searched} mentions in {seconds:.1f} s ({searched / max(seconds, 1e-9):.0f} queries/s, "
                 f"{index.kind} index, {'GPU' if use_gpu else 'CPU'}).")
@@ -124,15 +124,16 @@ def _mentions_table(lake: Lake) -> pa.Table:
                            f"materialize mentions first.") from None
 
 
-def _search(index: EntityIndex, mentions: ItemVectors, mention_ids: pa.ChunkedArray, k: int,
-            settings: IndexSettings, use_gpu: bool, logger):
-    """Candidates per mention of the table, in table order; problems[i] is None when searched."""
+def search_mentions(index: EntityIndex, mentions: ItemVectors, mention_ids: list[str], k: int,
+                    settings: IndexSettings, use_gpu: bool, logger=log):
+    """Top-k KB indices and scores per mention id, in the order given, and problems[i] (None when searched):
+    a mention without a row in `mentions` or with an unusable text vector gets no candidates and a problem."""
     n = len(mention_ids)
     candidates: list = [[] for _ in range(n)]
     scores: list = [[] for _ in range(n)]
     problems: list = [None] * n
     row_of = {str(item_id): row for row, item_id in enumerate(mentions.ids)}
-    wanted = mention_ids.to_pylist()
+    wanted = list(mention_ids)
     store_rows = np.asarray([row_of.get(mention_id, -1) for mention_id in wanted], dtype=np.int64)
     for position in np.flatnonzero(store_rows < 0):
         problems[position] = NO_FEATURES
