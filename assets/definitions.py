@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import descriptions, features, index, ingest, training, wikidata
+from assets import descriptions, features, index, ingest, linking, training, wikidata
 from assets.resources import DatasetResource, LakeResource
 
 # One step at a time: the heavy steps (LLM, CLIP, training) each want the whole GPU or every CPU core,
@@ -21,6 +21,7 @@ defs = dg.Definitions(
         index.mention_candidates,
         training.mmoe_model,
         training.evaluation,
+        linking.links,
     ],
     asset_checks=[
         ingest.quarantine_rate,
@@ -29,9 +30,9 @@ defs = dg.Definitions(
         features.mention_features_cover_mentions,
         training.mmoe_beats_zero_shot,
     ],
-    jobs=[ingest.refresh_job, features.kb_features_job],
+    jobs=[ingest.refresh_job, ingest.kb_refresh_job, features.kb_features_job, linking.link_job],
     schedules=[features.weekly_kb_features],
-    sensors=[ingest.dataset_change_sensor],
+    sensors=[ingest.dataset_change_sensor, linking.inbox_sensor, linking.relink_sensor],
     executor=ONE_STEP_AT_A_TIME,
     resources={
         "lake": LakeResource(),
@@ -41,5 +42,6 @@ defs = dg.Definitions(
         "clip": features.ClipResource(),
         "index": index.IndexResource(),
         "training": training.TrainingResource(),
+        "inbox": linking.InboxResource(),
     },
 )

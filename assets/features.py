@@ -149,7 +149,7 @@ def mention_features_cover_mentions(lake: LakeResource, clip: ClipResource) -> d
 
 kb_features_job = dg.define_asset_job(
     "refresh_kb_features",
-    selection=dg.AssetSelection.assets(entity_features).downstream(),
+    selection=dg.AssetSelection.assets(entity_features).downstream() - dg.AssetSelection.groups("linking"),
     description="Re-embed the KB and update what depends on it; only entities whose text, image or encoder "
     "changed are encoded.",
 )

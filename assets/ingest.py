@@ -1,11 +1,12 @@
 """Ingestion assets: a MIMIC-layout dataset -> mentions, entities, quarantine tables."""
 
+import json
 
 import dagster as dg
 
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import DatasetResource, LakeResource, user_errors
-from pipeline.hashing import stat_fingerprint
+from pipeline.hashing import stat_fingerprint, table_content_hash
 from pipeline.mimic import DatasetLayout, ingest_dataset
 
 GROUP = "ingest"
@@ -39,12 +40,10 @@ def mimic_dataset(context: dg.AssetExecutionContext, lake: LakeResource, dataset
         "reused_stored_output": report.reused,
         "dataset_dir": dg.MetadataValue.path(stats["dataset_dir"]),
     }
-    version = dg.DataVersion(report.fingerprint)
-
     mentions = store.read_table("mentions")
     yield dg.MaterializeResult(
         asset_key="mentions",
-        data_version=version,
+        data_version=_content_version(mentions),
         metadata={
             **table_metadata(mentions, store.table_path("mentions"),
                              ["mention_id", "mention", "sentence", "gold_qid", "image_path"]),
@@ -56,7 +55,7 @@ def mimic_dataset(context: dg.AssetExecutionContext, lake: LakeResource, dataset
     entities = store.read_table("entities")
     yield dg.MaterializeResult(
         asset_key="entities",
-        data_version=version,
+        data_version=_content_version(entities),
         metadata={
             **table_metadata(entities, store.table_path("entities"), ["kb_index", "qid", "name", "description"]),
             "entities_without_image": stats["entities_without_image"],
@@ -67,7 +66,7 @@ def mimic_dataset(context: dg.AssetExecutionContext, lake: LakeResource, dataset
     by_reason = [{"reason": k, "rows": v} for k, v in stats["quarantine_by_reason"].items()]
     yield dg.MaterializeResult(
         asset_key="quarantine",
-        data_version=version,
+        data_version=_content_version(quarantine),
         metadata={
             **table_metadata(quarantine, store.table_path("quarantine"),
                              ["file", "record_index", "reason_code", "reason", "action"]),
@@ -76,6 +75,11 @@ def mimic_dataset(context: dg.AssetExecutionContext, lake: LakeResource, dataset
             **common,
         },
     )
+
+
+def _content_version(table) -> dg.DataVersion:
+    """Each table's own content: a KB-only change leaves `mentions` (and all that depends on it) in sync."""
+    return dg.DataVersion(table_content_hash(table))
 
 
 @dg.asset_check(asset="quarantine", description="Warns when more than 5% of the records had to be dropped.")
@@ -94,23 +98,41 @@ def quarantine_rate(lake: LakeResource) -> dg.AssetCheckResult:
 
 refresh_job = dg.define_asset_job(
     "refresh_dataset",
-    selection=dg.AssetSelection.assets("mentions", "entities", "quarantine").downstream(),
+    selection=dg.AssetSelection.assets("mentions", "entities", "quarantine").downstream()
+    - dg.AssetSelection.groups("linking"),
     description="Re-ingest the dataset and bring every downstream asset up to date; "
     "each stage recomputes only what changed.",
 )
 
 
-@dg.sensor(job=refresh_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+kb_refresh_job = dg.define_asset_job(
+    "refresh_kb",
+    selection=dg.AssetSelection.assets("mentions", "entities", "quarantine", "entity_features", "entity_index"),
+    description="Re-ingest after a KB change (kb_entity.json, qid2id.json, kb_image/ or inbox/kb/ change files) "
+    "and update the entity features and the index in place; new entities are linkable at once, no retraining.",
+)
+
+
+@dg.sensor(jobs=[refresh_job, kb_refresh_job], minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING)
 def dataset_change_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, dataset: DatasetResource):
-    """Starts `refresh_dataset` when a file of the dataset changes (names, sizes, mtimes)."""
+    """Starts `refresh_kb` when only KB files changed, `refresh_dataset` when mention files changed too
+    (names, sizes, mtimes)."""
     store = lake.lake()
     root = dataset.configured_dir() or store.demo_dataset_dir
     try:
         layout = DatasetLayout.discover(root)
     except Exception as error:  # the dataset may be mid-copy; say why and look again later
         return dg.SkipReason(f"Dataset not readable yet: {error}")
-    fingerprint = stat_fingerprint(layout.input_files())
-    if fingerprint == context.cursor:
+    kb_files = set(layout.kb_files())
+    now = {"kb": stat_fingerprint(kb_files),
+           "mentions": stat_fingerprint([f for f in layout.input_files() if f not in kb_files])}
+    try:
+        before = json.loads(context.cursor or "{}")
+    except json.JSONDecodeError:
+        before = {}
+    if now == before:
         return dg.SkipReason("No dataset file changed.")
-    context.update_cursor(fingerprint)
-    return dg.RunRequest(run_key=fingerprint)
+    context.update_cursor(json.dumps(now, sort_keys=True))
+    job = kb_refresh_job if before.get("mentions") == now["mentions"] else refresh_job
+    return dg.RunRequest(run_key=f"{now['mentions']}:{now['kb']}", job_name=job.name)

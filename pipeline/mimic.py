@@ -88,6 +88,8 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+KB_CHANGES_DIR = "inbox/kb"  # KB changes: records {"op": "upsert" | "remove", ...}, see _Reader.read_kb_changes
+KB_CHANGE_OPS = ("upsert", "remove")
 REQUIRED_MENTION_FIELDS = ("id", "sentence", "mentions", "answer")
 REQUIRED_ENTITY_FIELDS = ("id", "entity_name")
 
@@ -100,6 +102,7 @@ class DatasetLayout:
     qid2id_file: Path
     kb_image_dir: Path
     mention_image_dir: Path
+    kb_change_files: list[Path] = field(default_factory=list)  # inbox/kb/*.json, applied in name order
 
     @classmethod
     def discover(cls, root: Path | str) -> "DatasetLayout":
@@ -118,15 +121,20 @@ class DatasetLayout:
         )
         if mention_image_dir is None:
             raise MELUserError(f"The dataset is missing {root / 'mention_image'} (or mention_images).")
-        return cls(root, split_files, kb_file, qid2id_file, root / "kb_image", mention_image_dir)
+        changes = sorted((root / KB_CHANGES_DIR).glob("*.json")) if (root / KB_CHANGES_DIR).is_dir() else []
+        return cls(root, split_files, kb_file, qid2id_file, root / "kb_image", mention_image_dir, changes)
 
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
     def input_files(self) -> list[Path]:
         """The files ingestion reads; other files in the directory do not matter."""
-        files = [*self.split_files.values(), self.kb_file, self.qid2id_file]
+        files = [*self.split_files.values(), self.kb_file, self.qid2id_file, *self.kb_change_files]
         return files + list_files(self.kb_image_dir) + list_files(self.mention_image_dir)
+
+    def kb_files(self) -> list[Path]:
+        """The input files of the KB side alone: a change to these alone leaves the mentions as they are."""
+        return [self.kb_file, self.qid2id_file, *self.kb_change_files, *list_files(self.kb_image_dir)]
 
 
 def _find_split_file(root: Path, split: str) -> Path:
@@ -202,13 +210,15 @@ class _Reader:
     # -- KB ------------------------------------------------------------------------------
     def read_entities(self) -> pa.Table:
         self.qid2id = self._read_qid2id()
-        qid_of_index = {index: qid for qid, index in self.qid2id.items()}
         file = self.layout.relative(self.layout.kb_file)
         records, broken = read_records(self.layout.kb_file)
         self._quarantine_broken(file, broken)
+        sources = [(file, index, record) for index, record in records]
+        sources = self._apply_kb_changes(sources)
+        qid_of_index = {index: qid for qid, index in self.qid2id.items()}
         rows, seen = [], {}
-        for index, record in records:
-            row = self._entity_row(file, index, record, qid_of_index, seen)
+        for source_file, index, record in sources:
+            row = self._entity_row(source_file, index, record, qid_of_index, seen)
             if row is not None:
                 seen[row["kb_index"]] = index
                 rows.append(row)
@@ -222,6 +232,69 @@ class _Reader:
                 )
         rows.sort(key=lambda row: row["kb_index"])
         return pa.Table.from_pylist(rows, schema=ENTITIES_SCHEMA)
+
+    def _apply_kb_changes(self, sources: list[tuple[str, int, object]]) -> list[tuple[str, int, object]]:
+        """Apply the KB change files in name order to the KB records (and to qid2id).
+
+        A change record is `{"op": "upsert", "qid": ..., "entity_name": ..., "desc": ..., "image_list": [...]}`
+        (an entity's whole new record; `id` optional: the entity's index when the QID is known, else the next
+        free one) or `{"op": "remove", "qid": ...}`. A change that cannot be applied is quarantined as
+        `bad_kb_change` and the KB stays as it was for that entity.
+        """
+        order: list = list(sources)
+        first: dict[int, int] = {}  # KB index -> position in `order` of the first record holding it
+        for position, (_, _, record) in enumerate(order):
+            index = record.get("id") if isinstance(record, dict) else None
+            index = int(index) if isinstance(index, str) and index.isdigit() else index
+            if isinstance(index, int) and not isinstance(index, bool):
+                first.setdefault(index, position)
+        for path in self.layout.kb_change_files:
+            file = self.layout.relative(path)
+            records, broken = read_records(path)
+            self._quarantine_broken(file, broken)
+            for position, change in records:
+                problem = self._apply_change(file, position, change, order, first)
+                if problem is not None:
+                    record_id = str(change.get("qid")) if isinstance(change, dict) else None
+                    self.quarantine.add(file, position, record_id, "op", "bad_kb_change", problem, "ignored")
+        return [source for source in order if source is not None]
+
+    def _apply_change(self, file: str, position: int, change, order: list, first: dict[int, int]) -> str | None:
+        """Apply one change record; the sentence saying why it cannot be applied, else None."""
+        if not isinstance(change, dict):
+            return f"the change is a JSON {type(change).__name__}, not an object."
+        op, qid = change.get("op"), change.get("qid")
+        if op not in KB_CHANGE_OPS:
+            return f"op {op!r} is not one of {', '.join(KB_CHANGE_OPS)}."
+        if not isinstance(qid, str) or not qid.strip():
+            return "the change names no QID (field qid)."
+        known = self.qid2id.get(qid)
+        if op == "remove":
+            if known is None:
+                return f"remove {qid}: the KB has no such entity."
+            if known in first:
+                order[first.pop(known)] = None
+            del self.qid2id[qid]
+            return None
+        index = change.get("id", known)
+        if index is None:
+            index = max([*first, *self.qid2id.values(), -1]) + 1
+        if isinstance(index, bool) or not isinstance(index, int):
+            return f"upsert {qid}: id {index!r} is not an integer KB index."
+        if known is not None and known != index:
+            return f"upsert {qid}: the KB has it at index {known}, not {index}."
+        holder = next((q for q, i in self.qid2id.items() if i == index and q != qid), None)
+        if holder is not None:
+            return f"upsert {qid}: index {index} belongs to {holder}."
+        record = {key: value for key, value in change.items() if key != "op"}
+        source = (file, position, {**record, "id": index, "type": record.get("type", "entity")})
+        if index in first:
+            order[first[index]] = source
+        else:
+            first[index] = len(order)
+            order.append(source)
+        self.qid2id[qid] = index
+        return None
 
     def _read_qid2id(self) -> dict[str, int]:
         records, broken = read_records(self.layout.qid2id_file)
@@ -277,17 +350,19 @@ class _Reader:
 
     # -- mentions -----------------------------------------------------------------------
     def read_mentions(self) -> pa.Table:
-        rows = []
-        for split, path in self.layout.split_files.items():
-            file = self.layout.relative(path)
-            records, broken = read_records(path)
-            self._quarantine_broken(file, broken)
-            seen: dict[str, int] = {}
-            for index, record in records:
-                row = self._mention_row(split, file, index, record, seen)
-                if row is not None:
-                    seen[row["record_id"]] = index
-                    rows.append(row)
+        tables = [self.read_file(split, path, *read_records(path)) for split, path in self.layout.split_files.items()]
+        return pa.concat_tables(tables) if tables else MENTIONS_SCHEMA.empty_table()
+
+    def read_file(self, split: str, path: Path, records: list, broken: list) -> pa.Table:
+        """The usable mentions of one file's parsed `records`; everything else goes to the quarantine."""
+        file = self.layout.relative(path)
+        self._quarantine_broken(file, broken)
+        rows, seen = [], {}
+        for index, record in records:
+            row = self._mention_row(split, file, index, record, seen)
+            if row is not None:
+                seen[row["record_id"]] = index
+                rows.append(row)
         self._attach_images(rows, "image_path", self.layout.mention_image_dir, None, many=False)
         return pa.Table.from_pylist(rows, schema=MENTIONS_SCHEMA)
 
@@ -400,6 +475,23 @@ class _Reader:
             "quarantine_by_reason": dict(sorted(Counter(r["reason_code"] for r in self.quarantine.rows).items())),
             "dataset_dir": str(self.layout.root),
         }
+
+
+class MentionReader(_Reader):
+    """Reads mention files against a KB already ingested (`qid2id` from the entities table): the inbox."""
+
+    def __init__(self, layout: DatasetLayout, hashes: FileHashCache, images: ImageCheckCache,
+                 qid2id: dict[str, int]):
+        super().__init__(layout, hashes, images)
+        self.qid2id = dict(qid2id)
+        self.kb_indices = set(self.qid2id.values())
+
+    def read_file(self, split: str, path: Path, records: list, broken: list) -> pa.Table:
+        try:
+            return super().read_file(split, path, records, broken)
+        finally:
+            self.hashes.save()
+            self.images.save()
 
 
 def _record_id(record) -> str | None:

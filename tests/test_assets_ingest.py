@@ -31,8 +31,9 @@ def test_definitions_hold_every_stage_and_run_one_step_at_a_time():
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
     assert {key.path[-1] for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
         "mentions", "entities", "quarantine", "wikidata_candidates", "mention_descriptions", "entity_features",
-        "mention_features", "entity_index", "mention_candidates", "mmoe_model", "evaluation"}
+        "mention_features", "entity_index", "mention_candidates", "mmoe_model", "evaluation", "links"}
     for name in ("refresh_dataset", "refresh_kb_features"):
+        assert dg.AssetKey("links") not in jobs[name].asset_layer.selected_asset_keys  # partitioned: its own job
         executor = jobs[name].executor_def
         resolved = executor.config_schema.resolve_config({}).value
         assert executor.name == "multiprocess" and resolved["config"]["max_concurrent"] == 1
@@ -88,12 +89,16 @@ def test_sensor_requests_a_refresh_only_when_a_file_changes(dataset, tmp_path):
 
         first, cursor = tick(None)
         unchanged, _ = tick(cursor)
+        write_image(dataset.root / "kb_image" / "new.jpg")
+        kb_changed, cursor = tick(cursor)
         write_image(dataset.root / "mention_image" / "new.jpg")
         changed, new_cursor = tick(cursor)
 
-    assert isinstance(first, dg.RunRequest)
+    assert isinstance(first, dg.RunRequest) and first.job_name == "refresh_dataset"
     assert isinstance(unchanged, dg.SkipReason)
-    assert isinstance(changed, dg.RunRequest) and new_cursor != cursor
+    # Only the KB changed: re-ingest and update the entity side; mentions, training and evaluation stay.
+    assert isinstance(kb_changed, dg.RunRequest) and kb_changed.job_name == "refresh_kb"
+    assert isinstance(changed, dg.RunRequest) and changed.job_name == "refresh_dataset" and new_cursor != cursor
 
 
 def test_sensor_skips_an_unreadable_dataset(tmp_path):

@@ -12,7 +12,7 @@ the extraction are imported on first use.
 
 import importlib
 
-from pipeline.features.items import DESCRIPTION_SOURCES, Items, entity_items, mention_items
+from pipeline.features.items import DESCRIPTION_SOURCES, Items, entity_items, mention_items, mention_items_of
 from pipeline.features.store import FeatureBatch, FeatureStore, StoreWriter
 
 DEFAULT_ARCH = "mel-tiny-clip"  # registered from model_configs/: the offline, untrained default
@@ -23,7 +23,7 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_ARCH", "DESCRIPTION_SOURCES", "FeatureBatch", "FeatureStore", "Items", "StoreWriter",
-    "entity_items", "mention_items", "mention_store_name", "store_dir", *_LAZY,
+    "entity_items", "mention_items", "mention_items_of", "mention_store_name", "store_dir", *_LAZY,
 ]
 
 

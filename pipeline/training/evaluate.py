@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from model import CheckpointConfigMismatch, load_checkpoint, ranking_metrics
 from pipeline.errors import MELUserError
+from pipeline.features.store import FeatureStore
 from pipeline.hashing import hash_strings
 from pipeline.lake import Lake, atomic_path
 from pipeline.training.baselines import MODALITIES, zero_shot_ranks
@@ -115,7 +116,7 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
 
     started = time.perf_counter()
     device = settings.torch_device()
-    matcher = _load_matcher(model, settings, inputs, device, logger)
+    matcher = load_matcher(model, settings, inputs.entities, device, logger, inputs.fingerprints())
     mentions = inputs.mentions
     split_positions = _split_positions(mentions, logger)
     all_positions = np.concatenate(list(split_positions.values()))
@@ -166,18 +167,25 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
     return report
 
 
-def _load_matcher(model: dict, settings: TrainingSettings, inputs: Inputs, device, logger):
+def load_matcher(model: dict, settings: TrainingSettings | None, entities: FeatureStore, device, logger=log,
+                 inputs_fingerprints: dict | None = None):
+    """The trained matcher of `model` (a TrainingReport dict) in eval mode, refused with one sentence when it
+    was trained on features of another encoder than the entity store's or its checkpoint is missing.
+
+    With `settings` the checkpoint must have the configuration they describe; without, it is loaded with its
+    own (linking uses the model as it was trained, whatever the TrainingResource says now)."""
     trained_on = model.get("encoder")
-    if trained_on and trained_on != inputs.entities.encoder:
+    if trained_on and trained_on != entities.encoder:
         raise MELUserError(f"The trained model at {model['checkpoint']} was trained on features of another encoder "
                            f"({trained_on.get('arch')}, {trained_on.get('weights')}) than the current feature stores "
-                           f"({inputs.entities.encoder.get('arch')}, {inputs.entities.encoder.get('weights')}); "
+                           f"({entities.encoder.get('arch')}, {entities.encoder.get('weights')}); "
                            "re-materialize mmoe_model.")
-    if model.get("inputs") and model["inputs"] != inputs.fingerprints():
+    if inputs_fingerprints is not None and model.get("inputs") and model["inputs"] != inputs_fingerprints:
         logger.warning("The features, candidates or mentions changed since the model was trained; evaluating the "
                        "trained model on the current ones (re-materialize mmoe_model to retrain).")
     try:
-        loaded = load_checkpoint(model["checkpoint"], settings.model_config(inputs.dims), device=device)
+        expected = settings.model_config(entities.dims) if settings is not None else None
+        loaded = load_checkpoint(model["checkpoint"], expected, device=device)
     except CheckpointConfigMismatch as error:
         raise MELUserError(f"{error}; the TrainingResource settings or the features changed since it was trained: "
                            "re-materialize mmoe_model.") from None

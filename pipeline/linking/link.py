@@ -1,0 +1,378 @@
+"""Link one inbox file with the current trained model, without retraining: the `links` table, partition by
+partition.
+
+The stages of the pipeline, applied to the file's mentions alone and reusing every cache:
+WikiData candidates (the lookup cache) -> the LLM's description choice (the choice cache) -> CLIP features
+(a content-addressed store per partition, `features/inbox/<key>`) -> FAISS top-K from the entity index ->
+MMoE reranking with the model in `mmoe/current.json`. Mentions get their text the way the training mentions
+got theirs (the description source recorded in the main mention store), so the model sees what it was
+trained on.
+
+Work is skipped at two levels. A partition whose inputs are unchanged (file content, model, index, encoder,
+settings) is reused whole. Otherwise each mention has a link key, hash(model, its features, its candidates
+and their index content keys, K): after a KB change only the mentions whose candidates changed are
+reranked, the others keep their stored row.
+
+Every record of the file has a row: `linked`, `unscored` (no usable features or no candidates; the problem
+says why) or `rejected` (not a usable record; the reason code as in the quarantine). Mentions whose answer
+is a KB QID get their gold rank and count towards the accuracy; the others are linked all the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.describe.backends import LLMConfig
+from pipeline.describe.select import choice_backend, describe_mentions
+from pipeline.errors import MELUserError
+from pipeline.features import FeatureStore, mention_items_of, mention_store_name, store_dir
+from pipeline.hashing import hash_strings
+from pipeline.index import (
+    EntityIndex, IndexSettings, ItemVectors, check_compatible, index_dir, search_mentions,
+)
+from pipeline.lake import Lake
+from pipeline.linking.inbox import InboxBatch, read_inbox_file
+from pipeline.training.data import Mentions, kb_rows
+from pipeline.training.evaluate import load_matcher
+from pipeline.training.scoring import TOP_SAVED, rank_mentions
+from pipeline.training.settings import TrainingSettings
+from pipeline.training.train import current_model
+from pipeline.wikidata.candidates import retrieve_candidates
+from pipeline.wikidata.stage import WikidataSettings, open_searcher
+
+LINK_VERSION = "1"  # bump when the rows change for the same inputs
+TABLE_DIR = "links"  # tables/links/<partition key>.parquet, one file per partition
+STATUSES = ("linked", "unscored", "rejected")
+
+log = logging.getLogger(__name__)
+
+TOP_ENTITY = pa.struct([
+    ("kb_index", pa.int64()), ("qid", pa.string()), ("name", pa.string()), ("score", pa.float32()),
+    ("text_score", pa.float32()), ("image_score", pa.float32()), ("cross_score", pa.float32()),
+])
+
+LINKS_SCHEMA = pa.schema([
+    ("partition", pa.string()),  # the inbox file name
+    ("mention_id", pa.string()),  # "<file>:<record id>"; null for a record without a usable id
+    ("record_id", pa.string()),
+    ("record_index", pa.int64()),  # position in the file
+    ("status", pa.string()),  # linked | unscored | rejected
+    ("problem", pa.string()),  # why unscored or rejected, and notes (image, unknown answer); null when none
+    ("mention", pa.string()),
+    ("sentence", pa.string()),
+    ("description", pa.string()),  # the WikiData description appended to the mention text, if any
+    ("gold_qid", pa.string()),  # the answer, when it is a KB QID
+    ("gold_rank", pa.int32()),  # 1-based among the reranked K; K + 1 = outside; null without a gold
+    ("correct", pa.bool_()),  # top entity == gold; null without a gold
+    ("top_entities", pa.list_(TOP_ENTITY)),  # best first, at most 10
+    ("routing", pa.string()),  # JSON: the experts each of the mention's sequences was routed to
+    ("link_key", pa.string()),  # what the row depends on (reuse after a KB change)
+    ("model", pa.string()),  # fingerprint of the trained model
+    ("checkpoint", pa.string()),
+    ("encoder", pa.string()),  # JSON identity of the CLIP encoder
+    ("index", pa.string()),  # fingerprint of the entity index
+    ("source_file", pa.string()),
+    ("file_hash", pa.string()),
+    ("linked_at", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    wikidata: WikidataSettings = WikidataSettings()
+    llm: LLMConfig = LLMConfig()
+    encoder: object = None  # pipeline.features.EncoderSpec (imported on use: open_clip loads slowly)
+    description_source: str = "auto"  # ClipResource.description_source: which main mention store to follow
+    feature_batch_size: int = 64
+    num_workers: int = 2
+    index: IndexSettings = IndexSettings()
+    top_k: int = 100  # FAISS candidates per mention
+    training: TrainingSettings = TrainingSettings()  # rerank_k, device, eval_batch_size (the model keeps its own config)
+
+
+@dataclass
+class LinkReport:
+    partition: str
+    reused: bool
+    fingerprint: str
+    path: str
+    stats: dict = field(default_factory=dict)
+
+
+def links_path(lake: Lake, partition: str) -> Path:
+    return lake.table_path(f"{TABLE_DIR}/{partition}")
+
+
+def linked_partitions(lake: Lake) -> list[str]:
+    folder = lake.root / "tables" / TABLE_DIR
+    return sorted(p.name[: -len(".parquet")] for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def read_links(lake: Lake) -> pa.Table:
+    """Every partition's rows as one table (what a user queries: DuckDB reads `tables/links/*.parquet` too)."""
+    tables = [lake.read_table(f"{TABLE_DIR}/{key}") for key in linked_partitions(lake)]
+    return pa.concat_tables([t.select(LINKS_SCHEMA.names) for t in tables]) if tables else LINKS_SCHEMA.empty_table()
+
+
+def linking_state(lake: Lake) -> dict:
+    """The model and index that links are made with now; a partition made with others is out of date."""
+    model = current_model(lake)
+    config_path = index_dir(lake) / "index.json"
+    if not config_path.is_file():
+        raise MELUserError(f"There is no entity index at {index_dir(lake)}; materialize entity_index first.")
+    index = json.loads(config_path.read_text(encoding="utf-8"))
+    return {"model": model["fingerprint"], "index": index["fingerprint"]}
+
+
+def out_of_date_partitions(lake: Lake) -> dict[str, dict]:
+    """Linked partitions whose stored model or index differs from the current ones: {key: stored state}."""
+    current = linking_state(lake)
+    stale = {}
+    for key in linked_partitions(lake):
+        stored = lake.table_extra(f"{TABLE_DIR}/{key}").get("state", {})
+        if {name: stored.get(name) for name in current} != current:
+            stale[key] = stored
+    return stale
+
+
+def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: LinkSettings,
+                    logger=log) -> LinkReport:
+    """Link the inbox file `key` and write `tables/links/<key>.parquet`, or reuse it when nothing changed."""
+    started = time.perf_counter()
+    batch = read_inbox_file(lake, dataset_dir, key)
+    model = current_model(lake)
+    index = EntityIndex.load(index_dir(lake))
+    entities = FeatureStore.open(store_dir(lake, "entity_features"))
+    description_source = _trained_description_source(lake, settings.description_source)
+    encoder = settings.encoder.identity()
+    if encoder != entities.encoder:
+        raise MELUserError(f"The configured encoder ({encoder.get('arch')}, {encoder.get('weights')}) is not the one "
+                           f"the entity features were made with ({entities.encoder.get('arch')}, "
+                           f"{entities.encoder.get('weights')}); re-embed the KB (refresh_kb_features) first.")
+    state = {"model": model["fingerprint"], "index": index.fingerprint}
+    fingerprint = hash_strings([LINK_VERSION, batch.file_hash, json.dumps(state, sort_keys=True),
+                                json.dumps(encoder, sort_keys=True), description_source, str(settings.top_k),
+                                str(settings.training.rerank_k), str(settings.index.nprobe)])
+    name = f"{TABLE_DIR}/{key}"
+    if lake.table_fingerprint(name) == fingerprint:
+        logger.info(f"{key}: file, model and index unchanged (fingerprint {fingerprint[:12]}): reusing its links; "
+                    "nothing was computed.")
+        return LinkReport(key, True, fingerprint, str(links_path(lake, key)), lake.table_extra(name)["stats"])
+
+    stats: dict = {"records": batch.records, "mentions": batch.mentions.num_rows, "rejected": len(batch.rejected)}
+    logger.info(f"{key}: {batch.records} records, {batch.mentions.num_rows} usable mentions, "
+                f"{len(batch.rejected)} rejected.")
+    descriptions = _descriptions(lake, dataset_dir, batch, settings, description_source, stats, logger)
+    store = _features(lake, dataset_dir, batch, descriptions, settings, stats, logger)
+    found = _candidates(index, store, batch, settings, stats, logger)
+    rows = _rerank(lake, batch, model, index, entities, store, found, descriptions, settings, stats, logger)
+    rows += _rejected_rows(batch)
+    common = dict(partition=key, model=model["fingerprint"], checkpoint=model["checkpoint"],
+                  encoder=json.dumps(encoder, sort_keys=True), index=index.fingerprint,
+                  source_file=f"inbox/{key}", file_hash=batch.file_hash,
+                  linked_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    table = pa.Table.from_pylist([{**common, **row} for row in rows], schema=LINKS_SCHEMA)
+    stats.update(_accuracy(table), seconds=round(time.perf_counter() - started, 3),
+                 statuses={status: table.column("status").to_pylist().count(status) for status in STATUSES})
+    path = lake.write_table(name, table, fingerprint, extra={"stats": stats, "state": state})
+    logger.info(f"{key}: wrote {table.num_rows} link rows ({stats['statuses']}) to {path} in {stats['seconds']} s.")
+    return LinkReport(key, False, fingerprint, str(path), stats)
+
+
+def _trained_description_source(lake: Lake, description_source: str) -> str:
+    """The description source the main mention store resolved to: the model was trained on those texts."""
+    store = FeatureStore.open(store_dir(lake, mention_store_name(description_source)))
+    return store.recipe.get("resolved_description_source", "dataset")
+
+
+# -- the stages, on the file's mentions ---------------------------------------------------------------------
+
+
+def _descriptions(lake, dataset_dir, batch: InboxBatch, settings: LinkSettings, source: str, stats: dict,
+                  logger) -> list[str | None]:
+    """Per mention row, the description its text gets: the LLM's choice, the record's own, or none."""
+    mentions = batch.mentions
+    if source == "dataset":
+        return mentions.column("description").to_pylist()
+    if source != "llm" or mentions.num_rows == 0:
+        return [None] * mentions.num_rows
+    with open_searcher(settings.wikidata, lake, lambda: Path(dataset_dir), logger) as searcher:
+        found = retrieve_candidates(mentions.select(["mention_id", "mention"]), searcher,
+                                    max_candidates=settings.wikidata.max_candidates,
+                                    language=settings.wikidata.language, logger=logger)
+    stats["wikidata"] = {key: found.stats.get(key, 0) for key in (
+        "mentions_with_candidates", "distinct_searches", "cache_hits", "looked_up", "http_requests", "failures")}
+    with choice_backend(lake, settings.llm) as (backend, identity):
+        table, described = describe_mentions(lake, backend, identity, mentions, found.table,
+                                             settings.llm.batch_size, logger)
+    stats["descriptions"] = {key: described.get(key, 0) for key in (
+        "prompts", "cache_hits", "prompts_scored", "llm_calls", "chosen", "none_of_these", "no_candidates")}
+    by_id = dict(zip(table.column("mention_id").to_pylist(), table.column("description").to_pylist()))
+    return [by_id.get(mention_id) for mention_id in mentions.column("mention_id").to_pylist()]
+
+
+def _features(lake, dataset_dir, batch: InboxBatch, descriptions, settings: LinkSettings, stats: dict,
+              logger) -> FeatureStore:
+    from pipeline.features import extract_features  # open_clip loads on first use
+
+    items = mention_items_of(batch.mentions, Path(dataset_dir).resolve(), descriptions)
+    items.recipe.update(source=f"inbox/{batch.key}")
+    path = store_dir(lake, f"inbox/{batch.key}")
+    report = extract_features(items, path, settings.encoder, batch_size=settings.feature_batch_size,
+                              num_workers=settings.num_workers, logger=logger)
+    stats["features"] = {"encoded": report.encoded, "reused": report.reused}
+    return FeatureStore.open(path)
+
+
+@dataclass
+class _Found:
+    candidates: list[np.ndarray]  # KB indices per mention row, best first
+    problems: list[str | None]
+
+
+def _candidates(index: EntityIndex, store: FeatureStore, batch: InboxBatch, settings: LinkSettings, stats: dict,
+                logger) -> _Found:
+    vectors = ItemVectors.from_store(store)
+    check_compatible(index, vectors)
+    k = min(settings.top_k, len(index))
+    candidates, _, problems, searched = search_mentions(
+        index, vectors, batch.mentions.column("mention_id").to_pylist(), k, settings.index,
+        settings.index.gpu(), logger)
+    stats["candidates"] = {"searched": searched, "k": k}
+    return _Found([np.asarray(c, dtype=np.int64) for c in candidates], problems)
+
+
+def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: FeatureStore, store: FeatureStore,
+            found: _Found, descriptions, settings: LinkSettings, stats: dict, logger) -> list[dict]:
+    """One row per usable mention: stored rows whose link key is unchanged, the others reranked now."""
+    training = settings.training
+    k = training.rerank_k
+    mention_ids = batch.mentions.column("mention_id").to_pylist()
+    content_key = dict(zip(store.ids.tolist(), store.content_keys.to_pylist()))
+    keys = [hash_strings([model["fingerprint"], str(k), content_key.get(mention_id, ""),
+                          *[f"{c}={index.keys.get(int(c), '')}" for c in candidates[:k]]])
+            for mention_id, candidates in zip(mention_ids, found.candidates)]
+    stored = _stored_rows(lake, batch.key)
+    todo = [i for i, (mention_id, key) in enumerate(zip(mention_ids, keys))
+            if stored.get(mention_id, {}).get("link_key") != key]
+    stats["rerank"] = {"reranked": len(todo), "reused": len(mention_ids) - len(todo), "k": k}
+    if len(mention_ids) - len(todo):
+        logger.info(f"{batch.key}: {len(mention_ids) - len(todo)} mentions keep their links (same features, "
+                    f"candidates and model); reranking {len(todo)}.")
+    fresh = _rank(batch, model, entities, store, found, todo, settings, logger) if todo else {}
+    names = _entity_names(lake)
+    columns = batch.mentions.to_pydict()
+    rows = []
+    for i, mention_id in enumerate(mention_ids):
+        if i not in fresh:
+            rows.append({name: stored[mention_id][name] for name in _MENTION_FIELDS})
+            continue
+        ranking = fresh[i]
+        notes = batch.notes.get(mention_id, [])
+        problem = "; ".join([p for p in (ranking["problem"],) if p] + notes) or None
+        gold_qid = columns["gold_qid"][i] if batch.labelled[i] else None
+        top = [dict(kb_index=int(kb), qid=names.get(int(kb), (None, None))[0], name=names.get(int(kb), (None, None))[1],
+                    **scores) for kb, scores in ranking["top"]]
+        rows.append(dict(
+            mention_id=mention_id, record_id=columns["record_id"][i], record_index=columns["record_index"][i],
+            status="linked" if top else "unscored", problem=problem, mention=columns["mention"][i],
+            sentence=columns["sentence"][i], description=descriptions[i], gold_qid=gold_qid,
+            gold_rank=ranking["gold_rank"] if gold_qid else None,
+            correct=(bool(top) and top[0]["qid"] == gold_qid) if gold_qid else None,
+            top_entities=top, routing=ranking["routing"], link_key=keys[i]))
+    return rows
+
+
+_MENTION_FIELDS = ("mention_id", "record_id", "record_index", "status", "problem", "mention", "sentence",
+                   "description", "gold_qid", "gold_rank", "correct", "top_entities", "routing", "link_key")
+
+
+def _rank(batch: InboxBatch, model: dict, entities: FeatureStore, store: FeatureStore, found: _Found,
+          todo: list[int], settings: LinkSettings, logger) -> dict[int, dict]:
+    """Rerank the FAISS candidates of the mention rows `todo` with the trained matcher."""
+    training = settings.training
+    device = training.torch_device()
+    matcher = load_matcher(model, None, entities, device, logger)
+    kb_row = kb_rows(entities)
+    mention_ids = np.asarray(batch.mentions.column("mention_id").to_pylist(), dtype=str)
+    gold = np.asarray([g if g is not None and labelled else -1 for g, labelled in
+                       zip(batch.mentions.column("gold_index").to_pylist(), batch.labelled)], dtype=np.int64)
+    row_of = {item: row for row, item in enumerate(store.ids.tolist())}
+    candidate_rows, problems = [], []
+    for candidates, problem in zip(found.candidates, found.problems):
+        rows = kb_row.lookup(candidates)
+        if (rows < 0).any():  # the entity store moved on since the index was read (a re-embedding finished)
+            problem = problem or f"{int((rows < 0).sum())} candidates have no entity features; re-link this file"
+        candidate_rows.append(rows[rows >= 0])
+        problems.append(problem)
+    mentions = Mentions(
+        ids=mention_ids, split=np.full(len(mention_ids), "inbox"), is_nil=gold < 0, gold_index=gold,
+        mention_row=np.asarray([row_of.get(m, -1) for m in mention_ids.tolist()], dtype=np.int64),
+        gold_row=np.where(gold >= 0, kb_row.lookup(gold), -1), candidates=candidate_rows,
+        candidate_problem=problems)
+    ranking = rank_mentions(matcher, mentions, store, entities, np.asarray(todo, dtype=np.int64), device,
+                            training.rerank_k, batch_size=training.eval_batch_size)
+    kb_index = entities.ids.astype(np.int64)
+    out = {}
+    for i, position in enumerate(ranking.positions.tolist()):
+        top_rows = ranking.top_rows[i][:TOP_SAVED]
+        unit = {name: ranking.top_units.get(name) for name in ("text", "image", "cross")}
+        top = []
+        for j, row in enumerate(top_rows.tolist()):
+            top.append((kb_index[row], {
+                "score": float(ranking.top_scores[i][j]),
+                **{f"{name}_score": (float(values[i][j]) if values is not None and values[i] is not None else None)
+                   for name, values in unit.items()}}))
+        out[position] = {"top": top, "gold_rank": int(ranking.gold_rank[i]) or None,
+                         "routing": ranking.routing[i], "problem": ranking.problems[i]}
+    return out
+
+
+def _stored_rows(lake: Lake, key: str) -> dict[str, dict]:
+    name = f"{TABLE_DIR}/{key}"
+    if not lake.has_table(name):
+        return {}
+    try:
+        table = lake.read_table(name)
+    except (OSError, pa.ArrowException):
+        return {}
+    if table.schema.names != LINKS_SCHEMA.names:
+        return {}
+    return {row["mention_id"]: row for row in table.to_pylist() if row["mention_id"] is not None}
+
+
+def _entity_names(lake: Lake) -> dict[int, tuple[str, str]]:
+    table = lake.read_table("entities", columns=["kb_index", "qid", "name"])
+    return {int(k): (q, n) for k, q, n in zip(*(table.column(c).to_pylist() for c in ("kb_index", "qid", "name")))}
+
+
+def _rejected_rows(batch: InboxBatch) -> list[dict]:
+    return [dict(mention_id=f"{batch.key}:{row['record_id']}" if row["record_id"] is not None else None,
+                 record_id=row["record_id"], record_index=row["record_index"], status="rejected",
+                 problem=f"{row['reason_code']}: {row['reason']}", top_entities=[])
+            for row in batch.rejected]
+
+
+def _accuracy(table: pa.Table) -> dict:
+    correct = [c for c in table.column("correct").to_pylist() if c is not None]
+    return {"labelled": len(correct), "correct": sum(correct),
+            "accuracy": round(sum(correct) / len(correct), 4) if correct else None}
+
+
+def running_accuracy(lake: Lake) -> dict:
+    """Hits@1 over every labelled mention of every linked partition."""
+    folder = lake.root / "tables" / TABLE_DIR
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    correct = [c for path in files for c in pq.read_table(path, columns=["correct"]).column("correct").to_pylist()
+               if c is not None]
+    return {"partitions": len(files), "labelled": len(correct), "correct": sum(correct),
+            "accuracy": round(sum(correct) / len(correct), 4) if correct else None}
