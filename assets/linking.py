@@ -23,7 +23,8 @@ from assets.wikidata import WikidataResource
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_file
 from pipeline.linking import (
-    LinkSettings, link_inbox_file, linking_state, links_path, list_inbox, out_of_date_partitions,
+    LinkSettings, link_inbox_file, linked_file_hashes, linking_state, links_path, list_inbox,
+    out_of_date_partitions,
     running_accuracy,
 )
 from pipeline.linking.link import LINK_VERSION
@@ -100,7 +101,7 @@ def _top_links(table, rows: int = 10) -> list[dict]:
 
 
 link_job = dg.define_asset_job(
-    "link_inbox", selection=dg.AssetSelection.assets(links), partitions_def=PARTITIONS,
+    "link_inbox", selection=dg.AssetSelection.assets(links),
     description="Link one inbox file (a partition of `links`) with the current model; no retraining.")
 
 
@@ -110,7 +111,8 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, datase
     """New complete inbox files become partitions, each linked by a run of its own."""
     root = dataset.configured_dir() or lake.lake().demo_dataset_dir
     listing = list_inbox(root)
-    cursor = json.loads(context.cursor) if context.cursor else {"seen": {}, "hashes": {}}
+    # Content hashes already linked: from the cursor, and from the links table for a sensor started afresh.
+    cursor = json.loads(context.cursor) if context.cursor else {"seen": {}, "hashes": linked_file_hashes(lake.lake())}
     known = set(context.instance.get_dynamic_partitions(PARTITIONS.name))
     new_keys, requests, notes = [], [], []
     for item in listing.files:
@@ -123,8 +125,12 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, datase
         digest = hash_file(item.path)
         cursor["seen"][item.key] = [item.size, item.mtime_ns, digest]
         owner = cursor["hashes"].get(digest)
-        if owner is not None:
+        if owner is not None and owner != item.key:
             notes.append(f"{item.key} has the same content as {owner}, linked before: not linked again.")
+            continue
+        if owner == item.key:  # touched, or linked before this sensor's cursor began: its links stand
+            if item.key not in known:
+                new_keys.append(item.key)
             continue
         cursor["hashes"][digest] = item.key
         if item.key not in known:

@@ -6,12 +6,14 @@
 
 from pipeline.linking.inbox import InboxFile, inbox_dir, list_inbox, read_inbox_file
 from pipeline.linking.link import (
-    LINKS_SCHEMA, LinkReport, LinkSettings, link_inbox_file, linked_partitions, linking_state, links_path,
+    LINKS_SCHEMA, LinkReport, LinkSettings, link_inbox_file, linked_file_hashes, linked_partitions, linking_state,
+    links_path,
     out_of_date_partitions, read_links, running_accuracy,
 )
 
 __all__ = [
-    "LINKS_SCHEMA", "InboxFile", "LinkReport", "LinkSettings", "inbox_dir", "link_inbox_file", "linked_partitions",
+    "LINKS_SCHEMA", "InboxFile", "LinkReport", "LinkSettings", "inbox_dir", "link_inbox_file", "linked_file_hashes",
+    "linked_partitions",
     "linking_state", "links_path", "list_inbox", "out_of_date_partitions", "read_inbox_file", "read_links",
     "running_accuracy",
 ]

@@ -133,6 +133,11 @@ def linking_state(lake: Lake) -> dict:
     return {"model": model["fingerprint"], "index": index["fingerprint"]}
 
 
+def linked_file_hashes(lake: Lake) -> dict[str, str]:
+    """{content hash of the inbox file: partition} over every linked partition."""
+    return {lake.table_extra(f"{TABLE_DIR}/{key}").get("file_hash", ""): key for key in linked_partitions(lake)}
+
+
 def out_of_date_partitions(lake: Lake) -> dict[str, dict]:
     """Linked partitions whose stored model or index differs from the current ones: {key: stored state}."""
     current = linking_state(lake)
@@ -183,7 +188,8 @@ def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: Lin
     table = pa.Table.from_pylist([{**common, **row} for row in rows], schema=LINKS_SCHEMA)
     stats.update(_accuracy(table), seconds=round(time.perf_counter() - started, 3),
                  statuses={status: table.column("status").to_pylist().count(status) for status in STATUSES})
-    path = lake.write_table(name, table, fingerprint, extra={"stats": stats, "state": state})
+    path = lake.write_table(name, table, fingerprint, extra={"stats": stats, "state": state,
+                                                             "file_hash": batch.file_hash})
     logger.info(f"{key}: wrote {table.num_rows} link rows ({stats['statuses']}) to {path} in {stats['seconds']} s.")
     return LinkReport(key, False, fingerprint, str(path), stats)
 
