@@ -8,6 +8,7 @@ location imports every asset module each time it loads.
 
 
 import json
+import os
 
 import dagster as dg
 from pydantic import Field
@@ -149,16 +150,22 @@ def mention_features_cover_mentions(lake: LakeResource, clip: ClipResource) -> d
 
 kb_features_job = dg.define_asset_job(
     "refresh_kb_features",
-    selection=dg.AssetSelection.assets(entity_features).downstream() - dg.AssetSelection.groups("linking"),
-    description="Re-embed the KB and update what depends on it; only entities whose text, image or encoder "
-    "changed are encoded.",
+    selection=dg.AssetSelection.assets(entity_features, mention_features).downstream()
+    - dg.AssetSelection.groups("linking"),
+    description="Re-embed the KB (and the mentions, when the encoder changed), sync the index in place, retrain "
+    "only if what training reads changed, and re-evaluate; only items whose text, image or encoder changed are "
+    "encoded (launch with `ops: {entity_features: {config: {force: true}}}` to re-encode everything). "
+    "relink_sensor then re-links the inbox partitions the new embeddings change.",
 )
+
+REEMBED_CRON_ENV = "MEL_KB_REEMBED_CRON"
 
 weekly_kb_features = dg.ScheduleDefinition(
     name="weekly_kb_features",
     job=kb_features_job,
-    cron_schedule="0 3 * * 0",
+    cron_schedule=os.environ.get(REEMBED_CRON_ENV, "0 3 * * 0"),
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Sundays 03:00: re-embed the KB so a replaced encoder checkpoint or edited KB entries reach the "
-    "entity index without a manual run (incremental: unchanged entities cost nothing). Stopped by default.",
+    description=f"Re-embed the KB on a schedule (default Sundays 03:00; set ${REEMBED_CRON_ENV}) so a replaced "
+    "encoder checkpoint or edited KB entries reach the index and the links without a manual run (incremental: "
+    "unchanged entities cost nothing). Stopped by default: start it in the UI.",
 )

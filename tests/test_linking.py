@@ -240,6 +240,34 @@ def test_ten_new_kb_entities_are_linkable_without_retraining(world, instance):
     assert sorted((world.lake.root / "mmoe" / "runs").iterdir()) == runs_before  # no retraining
 
     # Partitions linked before the KB change are out of date; the relink sensor asks for exactly those.
-    relink = world.tick(instance, linking.relink_sensor)[0]
-    assert {r.partition_key for r in relink} >= {"batch-a.json"}
-    assert "batch-keeper.json" not in {r.partition_key for r in relink}
+    relink = {r.partition_key: r for r in world.tick(instance, linking.relink_sensor)[0]}
+    assert "batch-a.json" in relink and "batch-keeper.json" not in relink
+    rerun = world.run(instance, relink["batch-a.json"])
+    assert rerun.success
+    shown = metadata(rerun)  # only mentions whose candidates changed are reranked; nothing is encoded again
+    assert shown["rerank/reranked"] + shown["rerank/reused"] == 5 and shown["features/encoded"] == 0
+    assert "batch-a.json" not in {r.partition_key for r in world.tick(instance, linking.relink_sensor)[0]}
+
+
+def test_the_schedule_re_embeds_everything_after_an_encoder_change_and_relinks(world, instance):
+    """A user swaps the encoder (here: another seed); the scheduled job re-encodes, retrains on the new
+    features, re-evaluates, and every linked partition is linked again with the new model and index."""
+    world.tick(instance, linking.inbox_sensor)  # this instance knows the inbox partitions, as a user's does
+    new_encoder = features.ClipResource(num_workers=0, seed=1)
+    world.resources["clip"] = new_encoder
+    world.defs = dg.Definitions(assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=list(defs.jobs),
+                                sensors=list(defs.sensors), resources=world.resources)
+    context = dg.build_schedule_context(instance=instance)
+    request = features.weekly_kb_features.evaluate_tick(context).run_requests[0]
+    job = world.defs.resolve_job_def(features.weekly_kb_features.job_name)
+    result = job.execute_in_process(instance=instance, run_config=request.run_config, raise_on_error=False)
+
+    assert result.success
+    done = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
+    assert {"entity_features", "mention_features", "entity_index", "mmoe_model", "evaluation"} <= done
+    [entity_event] = result.asset_materializations_for_node("entity_features")
+    assert entity_event.metadata["items_encoded"].value == 50  # 40 entities + the 10 added before
+    stale = {r.partition_key for r in world.tick(instance, linking.relink_sensor)[0]}
+    assert {"batch-a.json", "batch-keeper.json"} <= stale
+    rerun = world.run(instance, dg.RunRequest(partition_key="batch-keeper.json"))
+    assert rerun.success and metadata(rerun)["features/encoded"] == 1
