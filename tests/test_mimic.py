@@ -262,3 +262,56 @@ def test_changed_content_is_ingested_again(dataset, lake):
     second = ingest_dataset(dataset.root, lake)
 
     assert not second.reused and second.fingerprint != first.fingerprint
+
+
+# -- KB change files (inbox/kb/*.json) -------------------------------------------------------------------
+
+
+def test_kb_change_files_upsert_add_and_remove_entities_in_name_order(dataset, lake):
+    dataset.write()
+    write_image(dataset.root / "kb_image" / "Q77_0.jpg")
+    changes = dataset.root / "inbox" / "kb"
+    changes.mkdir(parents=True)
+    (changes / "001.json").write_text(json.dumps([
+        {"op": "upsert", "qid": "Q810", "entity_name": "Jordan", "desc": "Hashemite kingdom in Western Asia",
+         "image_list": ["Q810_0.jpg"]},  # an edit keeps its KB index
+        {"op": "upsert", "qid": "Q77", "entity_name": "Uruguay", "desc": "country in South America",
+         "image_list": ["Q77_0.jpg"]},  # a new entity takes the next free index
+    ]))
+    (changes / "002.json").write_text(json.dumps([
+        {"op": "upsert", "qid": "Q77", "entity_name": "Uruguay", "desc": "republic in South America",
+         "image_list": ["Q77_0.jpg"]},  # the later file wins
+        {"op": "remove", "qid": "Q1"},
+    ]))
+    dataset.splits["test"] = []  # its mention pointed at Q1
+
+    report, _, quarantine = ingest(dataset, lake)
+
+    entities = {row["qid"]: row for row in lake.read_table("entities").to_pylist()}
+    assert set(entities) == {"Q41421", "Q810", "Q77"}
+    assert entities["Q810"]["kb_index"] == 1 and entities["Q810"]["description"].startswith("Hashemite")
+    assert entities["Q77"]["kb_index"] == 3 and entities["Q77"]["description"] == "republic in South America"
+    assert entities["Q77"]["has_image"] and not [r for r in quarantine if r["reason_code"] == "bad_kb_change"]
+
+
+def test_a_kb_change_that_cannot_apply_is_quarantined_and_the_kb_keeps_the_entity(dataset, lake):
+    dataset.write()
+    changes = dataset.root / "inbox" / "kb"
+    changes.mkdir(parents=True)
+    (changes / "bad.json").write_text(json.dumps([
+        {"op": "rename", "qid": "Q810"},
+        {"op": "remove", "qid": "Q404"},
+        {"op": "upsert", "qid": "Q810", "id": 0, "entity_name": "Jordan"},
+        {"op": "upsert", "entity_name": "no qid"},
+    ]))
+
+    _, _, quarantine = ingest(dataset, lake)
+
+    reasons = [row["reason"] for row in quarantine if row["reason_code"] == "bad_kb_change"]
+    assert len(reasons) == 4 and all(row["file"] == "inbox/kb/bad.json" for row in quarantine
+                                     if row["reason_code"] == "bad_kb_change")
+    assert "op 'rename' is not one of upsert, remove." in reasons
+    assert "remove Q404: the KB has no such entity." in reasons
+    assert "upsert Q810: the KB has it at index 1, not 0." in reasons
+    entities = {row["qid"]: row for row in lake.read_table("entities").to_pylist()}
+    assert set(entities) == {"Q41421", "Q810", "Q1"} and entities["Q810"]["description"] == "country in Western Asia"
