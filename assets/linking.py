@@ -78,6 +78,8 @@ def links(context: dg.AssetExecutionContext, lake: LakeResource, dataset: Datase
         "linked_partitions": overall["partitions"],
         "reused_stored_output": report.reused,
         "seconds": float(stats.get("seconds", 0.0)),
+        "mentions_per_second": float(stats.get("mentions", 0) / max(stats.get("seconds", 0.0), 1e-9))
+        if not report.reused else 0.0,
         "fingerprint": report.fingerprint,
     }
     for stage in ("wikidata", "descriptions", "features", "candidates", "rerank"):
