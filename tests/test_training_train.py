@@ -9,11 +9,12 @@ from safetensors.torch import load_file
 
 from model import MMoEMatcher, load_checkpoint, ranking_metrics
 from pipeline.errors import MELUserError
+from pipeline.features.store import FeatureStore
 from pipeline.lake import Lake
-from pipeline.training.data import Inputs
+from pipeline.training.data import Inputs, mention_store_dir
 from pipeline.training.scoring import rank_mentions
 from pipeline.training.settings import TrainingSettings
-from pipeline.training.synthetic import SyntheticWorld, build_synthetic_lake
+from pipeline.training.synthetic import SyntheticWorld, append_mentions, build_synthetic_lake, rewrite_store
 from pipeline.training.train import NonFiniteLoss, current_model, train_mmoe
 
 SMALL = TrainingSettings(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, progress=False,
@@ -91,6 +92,29 @@ def test_an_unchanged_run_is_reused_and_a_changed_setting_trains_anew(lake, tmp_
 
     assert again.reused and again.checkpoint == first.checkpoint
     assert not changed.reused and changed.fingerprint != first.fingerprint
+
+
+def test_new_test_mentions_reuse_the_run_and_a_changed_train_mention_retrains(tmp_path):
+    lake = build_synthetic_lake(Lake(tmp_path / "lake"))
+    settings = SMALL.replace(epochs=1)
+    first = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+    before = Inputs.open(lake).fingerprints()
+
+    append_mentions(lake, split="test", count=24)  # new rows in mentions, the mention store and candidates
+    after_new_test_mentions = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+
+    changed = {name for name, value in Inputs.open(lake).fingerprints().items() if before[name] != value}
+    assert changed == {"mentions", "mention_store", "mention_candidates"}  # every table training opens changed
+    assert after_new_test_mentions.reused and after_new_test_mentions.fingerprint == first.fingerprint
+
+    train_row = FeatureStore.open(mention_store_dir(lake)).row_of("train:0")[0]
+
+    def nudge(features):
+        features["text_pooled"][train_row] += 1
+    rewrite_store(mention_store_dir(lake), nudge)
+    after_changed_train_mention = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+
+    assert not after_changed_train_mention.reused and after_changed_train_mention.fingerprint != first.fingerprint
 
 
 def test_the_lake_records_the_current_model_for_evaluation(tmp_path):

@@ -173,9 +173,9 @@ def _load_matcher(model: dict, settings: TrainingSettings, inputs: Inputs, devic
                            f"({trained_on.get('arch')}, {trained_on.get('weights')}) than the current feature stores "
                            f"({inputs.entities.encoder.get('arch')}, {inputs.entities.encoder.get('weights')}); "
                            "re-materialize mmoe_model.")
-    if model.get("inputs") and model["inputs"] != inputs.fingerprints():
-        logger.warning("The features, candidates or mentions changed since the model was trained; evaluating the "
-                       "trained model on the current ones (re-materialize mmoe_model to retrain).")
+    if model.get("inputs") and model["inputs"] != inputs.training_fingerprints():
+        logger.warning("The train/dev mentions, their features or candidates changed since the model was trained; "
+                       "evaluating the trained model on the current ones (re-materialize mmoe_model to retrain).")
     try:
         loaded = load_checkpoint(model["checkpoint"], settings.model_config(inputs.dims), device=device)
     except CheckpointConfigMismatch as error:
