@@ -143,6 +143,8 @@ def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: 
             "rank_histogram": dg.MetadataValue.md(png_markdown(report.histogram_png())),
             "nil_mentions": dg.MetadataValue.json(report.nil_mentions),
             "entities_encoded": report.entities_encoded,
+            "mentions_ranked": report.mentions_ranked,
+            "mentions_reused": report.mentions_reused,
             "seconds": float(report.seconds),
             "mentions_per_second": float(report.mentions_per_second),
             "checkpoint": dg.MetadataValue.path(report.checkpoint),
