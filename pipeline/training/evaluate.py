@@ -370,6 +370,20 @@ def ranking_rows(split: str, ranking: Ranking, mentions: Mentions, kb_index: np.
     return rows
 
 
+def missing_test_predictions(lake: Lake) -> tuple[int, list[str]]:
+    """(non-nil test mentions of the `mentions` table, those without a rerank row in `predictions`): every
+    linkable test mention belongs in the test metrics' denominator, so none may lack a row."""
+    mentions = lake.read_table("mentions", columns=["mention_id", "split", "is_nil"]).to_pydict()
+    expected = [mention_id for mention_id, split, nil in zip(mentions["mention_id"], mentions["split"],
+                                                             mentions["is_nil"]) if split == "test" and not nil]
+    covered: set[str] = set()
+    if lake.has_table(PREDICTIONS_TABLE):
+        rows = lake.read_table(PREDICTIONS_TABLE, columns=["mention_id", "split", "scoring"]).to_pydict()
+        covered = {mention_id for mention_id, split, scoring in zip(rows["mention_id"], rows["split"], rows["scoring"])
+                   if split == "test" and scoring.startswith("rerank")}
+    return len(expected), [mention_id for mention_id in expected if mention_id not in covered]
+
+
 # -- the rank histogram ---------------------------------------------------------------------------------
 
 
