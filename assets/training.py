@@ -78,8 +78,9 @@ def _inputs(lake, clip: ClipResource) -> Inputs:
     kinds={"pytorch", "safetensors"},
     pool="gpu",
     description="The MMoE matcher trained on the cached CLIP features (in-batch + FAISS hard negatives, early "
-    "stopping on dev MRR); the best epoch's safetensors checkpoint. Reused when inputs and settings are "
-    "unchanged, resumed after a crash.",
+    "stopping on dev MRR); the best epoch's safetensors checkpoint. Reused when the train/dev mentions, "
+    "their features and candidates and the settings are unchanged (new test mentions do not retrain), "
+    "resumed after a crash.",
 )
 def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
                clip: ClipResource) -> dg.MaterializeResult:
@@ -121,7 +122,8 @@ def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: 
     pool="gpu",
     description="Dev and test mentions ranked by the trained matcher (FAISS top-K reranked; optionally the full "
     "KB): Hits@1/3/5/10/20, MR, MRR per split next to zero-shot CLIP, a rank histogram, and the `predictions` "
-    "table (top-10 entities with per-unit scores and expert routing per mention).",
+    "table (top-10 entities with per-unit scores and expert routing per mention). Only mentions whose model, "
+    "features or candidates changed are ranked again; the others keep their stored rows.",
 )
 def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
                clip: ClipResource) -> dg.MaterializeResult:

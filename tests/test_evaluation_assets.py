@@ -50,6 +50,7 @@ def test_training_and_evaluation_show_epochs_metrics_comparison_and_histogram(tm
     assert "zero-shot CLIP (both)" in evaluation["comparison_test"] and "MMoE (rerank@20)" in evaluation["comparison_test"]
     assert 0 < evaluation["test/rerank@20/mrr"] <= 1 and evaluation["test/zero_shot_text/mrr"] > 0
     assert evaluation["dagster/row_count"] == 48  # every dev and test mention, nil ones included
+    assert (evaluation["mentions_ranked"], evaluation["mentions_reused"]) == (48, 0)  # a first evaluation ranks all
     [check] = first.get_asset_check_evaluations()
     assert check.metadata["mmoe_test_mrr"].value == evaluation["test/rerank@20/mrr"]
 
