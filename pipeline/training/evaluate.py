@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ import pyarrow as pa
 
 from model import CheckpointConfigMismatch, load_checkpoint, ranking_metrics
 from pipeline.errors import MELUserError
-from pipeline.hashing import hash_strings
+from pipeline.hashing import hash_file, hash_strings
 from pipeline.lake import Lake, atomic_path
 from pipeline.training.baselines import MODALITIES, zero_shot_ranks
 from pipeline.training.data import Inputs, Mentions, store_keys
@@ -132,7 +133,7 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
     matcher = _load_matcher(model, settings, inputs, device, logger)
     mentions = inputs.mentions
     split_positions = _split_positions(mentions, logger)
-    keys = RowKeys(inputs, model["fingerprint"], settings.rerank_k, matcher.reference_mode)
+    keys = RowKeys(inputs, model_identity(model), settings.rerank_k, matcher.reference_mode)
     blocks = _plan(split_positions, settings, keys, _stored_rows(lake))
     entities = _encode_needed(matcher, inputs, blocks, settings, device, started, logger)
     kb_index = inputs.entities.ids.astype(np.int64)
@@ -231,11 +232,10 @@ class _Block:
     split: str
     scoring: str
     positions: np.ndarray  # every mention of the split, in table order
-    keys: list[str]
     stored: list[dict | None]  # the reusable stored row per position (None: rank it)
     ranked: dict = field(default_factory=dict)  # position -> new row
 
-    @property
+    @cached_property
     def to_rank(self) -> np.ndarray:
         return np.asarray([p for p, row in zip(self.positions.tolist(), self.stored) if row is None], np.int64)
 
@@ -247,6 +247,13 @@ class _Block:
 
     def miss_rank(self, inputs: Inputs) -> int:
         return len(inputs.entities) + 1 if self.scoring == FULL_KB else int(self.scoring.split("@")[1]) + 1
+
+
+def model_identity(model: dict) -> str:
+    """The trained run's fingerprint and the digest of its weights: a run retrained under the same fingerprint
+    (its folder deleted, or on CUDA, where runs are close but not bit-identical) invalidates the rows."""
+    weights = Path(model["checkpoint"]) / "model.safetensors"
+    return hash_strings([model["fingerprint"], hash_file(weights) if weights.is_file() else ""])
 
 
 def _plan(split_positions: dict[str, np.ndarray], settings: TrainingSettings, keys: RowKeys,
@@ -263,7 +270,7 @@ def _plan(split_positions: dict[str, np.ndarray], settings: TrainingSettings, ke
                 row = stored.get((str(mentions.ids[p]), scoring))
                 reusable.append(row if row is not None and row.get("row_key") == key and row["split"] == split
                                 else None)
-            blocks.append(_Block(split, scoring, positions, row_keys, reusable))
+            blocks.append(_Block(split, scoring, positions, reusable))
     return blocks
 
 
