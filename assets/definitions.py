@@ -29,6 +29,7 @@ defs = dg.Definitions(
         features.entity_features_cover_entities,
         features.mention_features_cover_mentions,
         training.mmoe_beats_zero_shot,
+        training.evaluation_covers_every_test_mention,
     ],
     jobs=[ingest.refresh_job, ingest.kb_refresh_job, features.kb_features_job, linking.link_job],
     schedules=[features.weekly_kb_features],

@@ -6,6 +6,8 @@ reports onto metadata: per-epoch and per-split tables as markdown, the figures t
 UI plots them across materializations), the rank histogram as an embedded PNG.
 """
 
+import json
+
 import dagster as dg
 from pydantic import Field
 
@@ -13,7 +15,7 @@ from assets.features import ClipResource
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import LakeResource, user_errors
 from pipeline.training.data import Inputs, mention_store_dir
-from pipeline.training.evaluate import PREDICTIONS_TABLE, evaluate_model, png_markdown
+from pipeline.training.evaluate import PREDICTIONS_TABLE, evaluate_model, missing_test_predictions, png_markdown
 from pipeline.training.settings import HEAD_LR, UNIT_NAMES, TrainingSettings
 from pipeline.training.train import current_model, train_mmoe
 
@@ -76,8 +78,9 @@ def _inputs(lake, clip: ClipResource) -> Inputs:
     kinds={"pytorch", "safetensors"},
     pool="gpu",
     description="The MMoE matcher trained on the cached CLIP features (in-batch + FAISS hard negatives, early "
-    "stopping on dev MRR); the best epoch's safetensors checkpoint. Reused when inputs and settings are "
-    "unchanged, resumed after a crash.",
+    "stopping on dev MRR); the best epoch's safetensors checkpoint. Reused when the train/dev mentions, "
+    "their features and candidates and the settings are unchanged (new test mentions do not retrain), "
+    "resumed after a crash.",
 )
 def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
                clip: ClipResource) -> dg.MaterializeResult:
@@ -119,7 +122,8 @@ def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: 
     pool="gpu",
     description="Dev and test mentions ranked by the trained matcher (FAISS top-K reranked; optionally the full "
     "KB): Hits@1/3/5/10/20, MR, MRR per split next to zero-shot CLIP, a rank histogram, and the `predictions` "
-    "table (top-10 entities with per-unit scores and expert routing per mention).",
+    "table (top-10 entities with per-unit scores and expert routing per mention). Only mentions whose model, "
+    "features or candidates changed are ranked again; the others keep their stored rows.",
 )
 def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
                clip: ClipResource) -> dg.MaterializeResult:
@@ -143,6 +147,8 @@ def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: 
             "rank_histogram": dg.MetadataValue.md(png_markdown(report.histogram_png())),
             "nil_mentions": dg.MetadataValue.json(report.nil_mentions),
             "entities_encoded": report.entities_encoded,
+            "mentions_ranked": report.mentions_ranked,
+            "mentions_reused": report.mentions_reused,
             "seconds": float(report.seconds),
             "mentions_per_second": float(report.mentions_per_second),
             "checkpoint": dg.MetadataValue.path(report.checkpoint),
@@ -161,6 +167,20 @@ def mmoe_beats_zero_shot(lake: LakeResource) -> dg.AssetCheckResult:
         passed=mmoe > zero_shot, severity=dg.AssetCheckSeverity.WARN,
         metadata={"mmoe_test_mrr": float(mmoe), "zero_shot_test_mrr": float(zero_shot)},
         description=f"test MRR: MMoE {mmoe:.4f} vs zero-shot CLIP {zero_shot:.4f}.",
+    )
+
+
+@dg.asset_check(asset=evaluation, description="The predictions table holds a rerank row for every non-nil test "
+                "mention of the mentions table, so the test metrics count every one of them.")
+def evaluation_covers_every_test_mention(lake: LakeResource) -> dg.AssetCheckResult:
+    with user_errors():
+        expected, missing = missing_test_predictions(lake.lake())
+    return dg.AssetCheckResult(
+        passed=not missing, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"test_mentions": expected, "with_rerank_row": expected - len(missing),
+                  "missing": len(missing), "missing_examples": json.dumps(missing[:5])},
+        description=f"{expected - len(missing)} of {expected} non-nil test mentions have a rerank row in "
+                    f"{PREDICTIONS_TABLE}" + (f"; missing e.g. {', '.join(missing[:5])}." if missing else "."),
     )
 
 

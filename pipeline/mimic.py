@@ -8,13 +8,23 @@ Layout::
     kb_image/, mention_image/ (or mention_images/)         images
 
 Every record is validated. A record that cannot be used at all (malformed, missing or
-mistyped fields, no text, non-UTF-8 text, duplicate id, gold QID not in the KB, an
-image path that escapes the dataset directory) is dropped and written to the
-quarantine table with the file, the record and the reason. An image that is missing
-or corrupt does not make its record unusable: the record is kept as text-only (flagged,
-as the paper feeds a zero image) and the image problem goes to the quarantine table
-with action ``kept_without_image``. ``nil`` answers are kept but marked, so that
-training leaves them out and the counts show them.
+mistyped fields, neither mention nor sentence text, non-UTF-8 text, duplicate id, gold
+QID not in the KB, an image path that escapes the dataset directory) is dropped and
+written to the quarantine table with the file, the record and the reason. An image that
+is missing or corrupt does not make its record unusable: the record is kept as
+text-only (flagged, as the paper feeds a zero image) and the image problem goes to the
+quarantine table with action ``kept_without_image``. ``nil`` answers are kept but
+marked, so that training leaves them out and the counts show them.
+
+Empty text. Dropping a test mention would take it out of the evaluation's denominator
+(RichpediaMEL's test split has one whose mention string is only whitespace), so a record
+with some text is kept: an empty mention string (reason ``empty_text``, field
+``mentions``, action ``kept_linked_on_sentence``) leaves its ``mention`` column empty,
+and its encoder text (``mention [SEP] sentence [SEP] description``, empty parts left
+out) is its sentence; its WikiData lookup is an empty search (counted as
+``empty_search``), so it is offered no description. An empty sentence (field
+``sentence``, action ``kept_without_sentence``) leaves the mention string as its text.
+Only a record with neither is dropped.
 """
 
 from __future__ import annotations
@@ -84,7 +94,8 @@ QUARANTINE_SCHEMA = pa.schema(
         ("field", pa.string()),
         ("reason_code", pa.string()),
         ("reason", pa.string()),
-        ("action", pa.string()),  # dropped | kept_without_image | ignored
+        # dropped | kept_without_image | kept_linked_on_sentence | kept_without_sentence | ignored
+        ("action", pa.string()),
     ]
 )
 
@@ -379,10 +390,8 @@ class _Reader:
             except UnicodeDecodeError:
                 mention, gold_name = "", ""
                 problem = ("non_utf8", "mentions", "URL-quoted text does not decode as UTF-8.")
-        if problem is None and not mention:
-            problem = ("empty_text", "mentions", "the mention text is empty.")
-        if problem is None and not record["sentence"].strip():
-            problem = ("empty_text", "sentence", "the sentence is empty.")
+        if problem is None and not mention and not record["sentence"].strip():
+            problem = ("empty_text", "mentions", "neither the mention nor the sentence has text.")
         answer = record.get("answer", "") if isinstance(record, dict) else ""
         is_nil = isinstance(answer, str) and answer.strip().lower() == NIL
         if problem is None and not is_nil and self.qid2id.get(answer) not in self.kb_indices:
@@ -394,6 +403,7 @@ class _Reader:
         if problem is not None:
             self.quarantine.add(file, index, record_id, problem[1], problem[0], problem[2])
             return None
+        self._flag_empty_text(file, index, record_id, mention, record["sentence"].strip())
         return dict(
             mention_id=f"{split}:{record_id}",
             split=split,
@@ -409,6 +419,15 @@ class _Reader:
             source_file=file,
             record_index=index,
         )
+
+    def _flag_empty_text(self, file, index, record_id, mention: str, sentence: str) -> None:
+        """A kept record with one of its two texts empty: recorded, so the counts show it (see the docstring)."""
+        if not mention:
+            self.quarantine.add(file, index, record_id, "mentions", "empty_text",
+                                "the mention text is empty; kept, linked on its sentence.", "kept_linked_on_sentence")
+        if not sentence:
+            self.quarantine.add(file, index, record_id, "sentence", "empty_text",
+                                "the sentence is empty; kept, linked on its mention text.", "kept_without_sentence")
 
     # -- shared -------------------------------------------------------------------------
     def _escaping_path(self, image_dir: Path, names: list[str], field_name: str):

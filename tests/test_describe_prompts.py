@@ -25,6 +25,13 @@ def test_prompt_asks_about_the_mention_and_offers_none_of_these_last():
     assert prompt.reply_start == "Jordan is a"
 
 
+def test_a_mention_without_a_mention_string_asks_what_the_sentence_names():
+    prompt = build_prompt("", "The universe is expanding.", ["totality of space and time"])
+
+    assert prompt.question[1][1] == "Sentence: The universe is expanding.\nWhat is the thing named in this sentence?"
+    assert prompt.reply_start == "It is a"
+
+
 def test_the_baseline_asks_the_same_question_without_the_sentence():
     prompt = build_prompt("Jordan", "Jordan scored 40 points.", ["American basketball player"])
 

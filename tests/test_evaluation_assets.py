@@ -1,6 +1,9 @@
 """The `mmoe_model` and `evaluation` assets, run through Dagster as the UI runs them, on a synthetic lake."""
 
+import json
+
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from assets import training
@@ -15,9 +18,9 @@ SMALL = dict(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, device
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-def materialize(lake_root, instance, **settings):
+def materialize(lake_root, instance, checks=(training.mmoe_beats_zero_shot,), **settings):
     return dg.materialize(
-        [training.mmoe_model, training.evaluation, training.mmoe_beats_zero_shot],
+        [training.mmoe_model, training.evaluation, *checks],
         instance=instance,
         resources={"lake": LakeResource(root=str(lake_root)), "clip": ClipResource(),
                    "training": training.TrainingResource(**{**SMALL, **settings})},
@@ -47,11 +50,39 @@ def test_training_and_evaluation_show_epochs_metrics_comparison_and_histogram(tm
     assert "zero-shot CLIP (both)" in evaluation["comparison_test"] and "MMoE (rerank@20)" in evaluation["comparison_test"]
     assert 0 < evaluation["test/rerank@20/mrr"] <= 1 and evaluation["test/zero_shot_text/mrr"] > 0
     assert evaluation["dagster/row_count"] == 48  # every dev and test mention, nil ones included
+    assert (evaluation["mentions_ranked"], evaluation["mentions_reused"]) == (48, 0)  # a first evaluation ranks all
     [check] = first.get_asset_check_evaluations()
     assert check.metadata["mmoe_test_mrr"].value == evaluation["test/rerank@20/mrr"]
 
     assert metadata_of(second, "mmoe_model")["reused_stored_model"] is True
     assert metadata_of(second, "evaluation")["reused_stored_output"] is True
+
+
+def coverage_check(result):
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "evaluation_covers_every_test_mention"]
+    return check
+
+
+def test_the_coverage_check_fails_naming_test_mentions_that_have_no_prediction(tmp_path):
+    lake = build_synthetic_lake(Lake(tmp_path))
+    checks = (training.evaluation_covers_every_test_mention,)
+    with dg.instance_for_test() as instance:
+        complete = materialize(tmp_path, instance, checks=checks)
+        linkable_test = [row["mention_id"] for row in lake.read_table("mentions").to_pylist()
+                         if row["split"] == "test" and not row["is_nil"]]
+        lost = linkable_test[2:4]
+        predictions = pq.read_table(lake.table_path("predictions"))  # a stale table: two test rows lost
+        kept = [mention_id not in lost for mention_id in predictions.column("mention_id").to_pylist()]
+        pq.write_table(predictions.filter(kept), lake.table_path("predictions"))
+        stale = materialize(tmp_path, instance, checks=checks)
+
+    passed = coverage_check(complete)
+    assert passed.passed and passed.metadata["test_mentions"].value == len(linkable_test)
+    assert passed.metadata["missing"].value == 0
+    assert metadata_of(stale, "evaluation")["reused_stored_output"] is True  # the table's fingerprint still matches
+    failed = coverage_check(stale)
+    assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
+    assert failed.metadata["missing"].value == 2 and json.loads(failed.metadata["missing_examples"].value) == lost
 
 
 def test_a_bad_setting_fails_with_one_sentence_naming_the_resource_field(tmp_path):
@@ -68,7 +99,7 @@ def test_the_assets_load_beside_the_upstream_stages():
     defs = dg.Definitions(
         assets=[features.entity_features, features.mention_features, index.entity_index,
                 index.mention_candidates, training.mmoe_model, training.evaluation],
-        asset_checks=[training.mmoe_beats_zero_shot],
+        asset_checks=[training.mmoe_beats_zero_shot, training.evaluation_covers_every_test_mention],
         resources={"lake": LakeResource(), "clip": ClipResource(), "index": index.IndexResource(),
                    "training": training.TrainingResource()},
     )

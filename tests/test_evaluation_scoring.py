@@ -2,6 +2,7 @@
 zero-shot baselines and the histogram, on a synthetic lake written by the real writers."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from pipeline.training.data import Inputs, mention_store_dir, read_features
 from pipeline.training.evaluate import PREDICTIONS_SCHEMA, evaluate_model, rank_bins
 from pipeline.training.scoring import rank_mentions
 from pipeline.training.settings import TrainingSettings
-from pipeline.training.synthetic import SyntheticWorld, build_synthetic_lake, rewrite_store
+from pipeline.training.synthetic import SyntheticWorld, append_mentions, build_synthetic_lake, rewrite_store
 from pipeline.training.train import train_mmoe
 
 CPU = torch.device("cpu")
@@ -121,6 +122,47 @@ def test_an_unchanged_evaluation_is_reused(trained):
     first = evaluate_model(lake, SMALL, report.as_dict())
     second = evaluate_model(lake, SMALL, report.as_dict())
     assert second.reused and second.metrics == first.metrics
+
+
+def predictions_by_mention(lake) -> dict:
+    return {(row["mention_id"], row["scoring"]): (row["gold_rank"], row["top_entities"])
+            for row in lake.read_table("predictions").to_pylist()}
+
+
+def test_after_new_test_mentions_only_they_are_ranked_and_the_metrics_equal_a_fresh_evaluation(tmp_path):
+    lake = build_synthetic_lake(Lake(tmp_path / "lake"))
+    settings = SMALL.replace(full_kb=True)
+    model = train_mmoe(lake, settings.replace(epochs=1), runs_dir=tmp_path / "runs").as_dict()
+    first = evaluate_model(lake, settings, model)
+    new_ids = append_mentions(lake, split="test", count=24)
+    fresh = Lake(tmp_path / "fresh")
+    shutil.copytree(lake.root, fresh.root)
+    fresh.table_path("predictions").unlink()  # the fresh copy evaluates from scratch
+
+    incremental = evaluate_model(lake, settings, model)
+    from_scratch = evaluate_model(fresh, settings, model)
+
+    assert (first.mentions_ranked, first.mentions_reused) == (48, 0)
+    assert (incremental.mentions_ranked, incremental.mentions_reused) == (len(new_ids), 48)
+    assert (from_scratch.mentions_ranked, from_scratch.mentions_reused) == (72, 0)
+    assert incremental.metrics == from_scratch.metrics and incremental.baselines == from_scratch.baselines
+    assert predictions_by_mention(lake) == predictions_by_mention(fresh)
+    linkable_test = len(Inputs.open(lake).mentions.select("test"))
+    assert next(row for row in incremental.metrics if row["split"] == "test")["count"] == linkable_test
+
+
+def test_a_changed_mention_is_ranked_again_and_the_others_are_reused(tmp_path):
+    lake = build_synthetic_lake(Lake(tmp_path / "lake"))
+    model = train_mmoe(lake, SMALL.replace(epochs=1), runs_dir=tmp_path / "runs").as_dict()
+    evaluate_model(lake, SMALL, model)
+    row = FeatureStore.open(mention_store_dir(lake)).row_of("test:3")[0]
+
+    def nudge(features):
+        features["text_pooled"][row] += 1
+    rewrite_store(mention_store_dir(lake), nudge)
+    again = evaluate_model(lake, SMALL, model)
+
+    assert not again.reused and (again.mentions_ranked, again.mentions_reused) == (1, 47)
 
 
 def test_zero_shot_ranks_match_a_brute_force_cosine(trained):

@@ -45,6 +45,15 @@ def test_mention_items_use_the_record_description_when_no_llm_table_exists(inges
     assert items.image_files[2] is None
 
 
+def test_a_mention_kept_without_a_mention_string_is_encoded_from_its_sentence(dataset, lake):
+    dataset.splits["test"][0]["mentions"] = " "
+    ingest_dataset(dataset.write(), lake)
+
+    items = mention_items(lake, "auto")
+
+    assert items.texts[items.ids.index("test:30")] == "The universe is expanding."
+
+
 def test_auto_prefers_the_llm_descriptions_once_materialized(ingested):
     write_llm_descriptions(ingested, {"train:10": "Jordanian river", "dev:20": None})
 

@@ -121,13 +121,34 @@ def test_missing_field(dataset, lake):
     assert (row["file"], row["record_index"], row["record_id"], row["field"]) == ("WIKIMEL_dev.json", 0, "20", "sentence")
 
 
-def test_wrong_type_and_empty_text(dataset, lake):
+def test_wrong_type_and_no_text_at_all(dataset, lake):
     dataset.splits["train"].append({**dataset.splits["train"][0], "id": 11, "sentence": ["not", "text"]})
-    dataset.splits["train"].append({**dataset.splits["train"][0], "id": 12, "mentions": "  "})
+    dataset.splits["train"].append({**dataset.splits["train"][0], "id": 12, "mentions": "  ", "sentence": " "})
     _, mentions, quarantine = ingest(dataset, lake)
     assert only_row(quarantine, reason_code="wrong_type")["field"] == "sentence"
-    assert only_row(quarantine, reason_code="empty_text")["record_id"] == "12"
+    dropped = only_row(quarantine, reason_code="empty_text")
+    assert (dropped["record_id"], dropped["action"]) == ("12", "dropped")
     assert "train:11" not in mentions and "train:12" not in mentions
+
+
+def test_an_empty_mention_string_is_kept_and_linked_on_its_sentence(dataset, lake):
+    # RichpediaMEL's test split has such a record: dropping it would take it out of the test metrics
+    dataset.splits["test"][0]["mentions"] = "  "
+    report, mentions, quarantine = ingest(dataset, lake)
+    kept = mentions["test:30"]
+    assert kept["mention"] == "" and kept["sentence"] == "The universe is expanding." and kept["gold_index"] == 2
+    flag = only_row(quarantine, reason_code="empty_text")
+    assert (flag["record_id"], flag["field"], flag["action"]) == ("30", "mentions", "kept_linked_on_sentence")
+    assert report.stats["mentions_test"] == 1 and report.stats["quarantined_records"] == 0
+
+
+def test_an_empty_sentence_is_kept_with_its_mention_text(dataset, lake):
+    dataset.splits["dev"][0]["sentence"] = ""
+    report, mentions, quarantine = ingest(dataset, lake)
+    assert mentions["dev:20"]["mention"] == "Jordan" and mentions["dev:20"]["sentence"] == ""
+    flag = only_row(quarantine, reason_code="empty_text")
+    assert (flag["record_id"], flag["field"], flag["action"]) == ("20", "sentence", "kept_without_sentence")
+    assert report.stats["quarantined_records"] == 0
 
 
 def test_gold_qid_not_in_kb(dataset, lake):

@@ -9,11 +9,13 @@ from safetensors.torch import load_file
 
 from model import MMoEMatcher, load_checkpoint, ranking_metrics
 from pipeline.errors import MELUserError
+from pipeline.features.store import FeatureStore
 from pipeline.lake import Lake
-from pipeline.training.data import Inputs
+from pipeline.training.data import Inputs, entity_store_dir, mention_store_dir
 from pipeline.training.scoring import rank_mentions
 from pipeline.training.settings import TrainingSettings
-from pipeline.training.synthetic import SyntheticWorld, build_synthetic_lake
+from pipeline.training.synthetic import (SyntheticWorld, append_mentions, build_synthetic_lake, index_candidates,
+                                         rewrite_store)
 from pipeline.training.train import NonFiniteLoss, current_model, train_mmoe
 
 SMALL = TrainingSettings(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, progress=False,
@@ -91,6 +93,57 @@ def test_an_unchanged_run_is_reused_and_a_changed_setting_trains_anew(lake, tmp_
 
     assert again.reused and again.checkpoint == first.checkpoint
     assert not changed.reused and changed.fingerprint != first.fingerprint
+
+
+def test_new_test_mentions_reuse_the_run_and_a_changed_train_mention_retrains(tmp_path):
+    lake = build_synthetic_lake(Lake(tmp_path / "lake"))
+    settings = SMALL.replace(epochs=1)
+    first = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+    before = Inputs.open(lake).fingerprints()
+
+    append_mentions(lake, split="test", count=24)  # new rows in mentions, the mention store and candidates
+    after_new_test_mentions = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+
+    changed = {name for name, value in Inputs.open(lake).fingerprints().items() if before[name] != value}
+    assert changed == {"mentions", "mention_store", "mention_candidates"}  # every table training opens changed
+    assert after_new_test_mentions.reused and after_new_test_mentions.fingerprint == first.fingerprint
+
+    train_row = FeatureStore.open(mention_store_dir(lake)).row_of("train:0")[0]
+
+    def nudge(features):
+        features["text_pooled"][train_row] += 1
+    rewrite_store(mention_store_dir(lake), nudge)
+    after_changed_train_mention = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+
+    assert not after_changed_train_mention.reused and after_changed_train_mention.fingerprint != first.fingerprint
+
+
+def nudge_row(row: int):
+    def edit(features):
+        features["image_tokens"][row] += 1  # a new content key; the pooled vectors, hence the candidates, stay
+    return edit
+
+
+def test_a_kb_entity_that_no_train_or_dev_mention_reads_does_not_retrain(tmp_path):
+    world = SyntheticWorld(top_k=2)  # few candidates per mention: some entities are no train/dev mention's either
+    lake = build_synthetic_lake(Lake(tmp_path / "lake"), world)
+    mentions = Inputs.open(lake).mentions
+    trained_on = np.flatnonzero(mentions.split != "test")
+    read = set(mentions.gold_row[trained_on].tolist()) | {row for p in trained_on.tolist()
+                                                          for row in mentions.candidates[p].tolist()}
+    unread = min(set(range(world.entities)) - read)
+    settings = SMALL.replace(epochs=1)
+    first = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+
+    rewrite_store(entity_store_dir(lake), nudge_row(unread))
+    index_candidates(lake, world.top_k)
+    after_unread_entity = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+    rewrite_store(entity_store_dir(lake), nudge_row(min(read)))
+    index_candidates(lake, world.top_k)
+    after_read_entity = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+
+    assert after_unread_entity.reused and after_unread_entity.fingerprint == first.fingerprint
+    assert not after_read_entity.reused
 
 
 def test_the_lake_records_the_current_model_for_evaluation(tmp_path):

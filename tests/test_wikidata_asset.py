@@ -66,6 +66,21 @@ def test_candidates_come_from_the_dump_the_dataset_carries(dataset, tmp_path):
     assert check.passed
 
 
+def test_a_mention_without_a_mention_string_is_an_empty_search_not_a_failure(dataset, tmp_path):
+    dataset.splits["test"][0]["mentions"] = " "  # kept by ingestion, linked on its sentence
+    dataset.write()
+    write_dump(dataset.root / "wikidata" / "wikidata-tiny.json.gz", DUMP_ENTITIES)
+
+    with dg.instance_for_test() as instance:
+        result = materialize(dataset.root, tmp_path / "lake", instance, WikidataResource())
+
+    metadata = metadata_of(result)
+    assert result.success and metadata["mentions"] == 3
+    assert metadata["mentions_empty_search"] == 1 and metadata["mentions_failed_lookup"] == 0
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed
+
+
 def test_a_second_materialization_reuses_the_tables_without_reading_the_dump(dataset, tmp_path):
     dataset.write()
     write_dump(dataset.root / "wikidata" / "wikidata-tiny.json.gz", DUMP_ENTITIES)

@@ -80,12 +80,14 @@ def build_prompt(mention: str, sentence: str, descriptions: list[str]) -> Prompt
     """Ask what `mention` is in `sentence`; the descriptions and "none of these" are the replies scored."""
     mention = " ".join(mention.split())
     options = tuple(clip_description(d) for d in descriptions) + (NONE_OF_THESE,)
+    # a mention kept without a mention string (see pipeline.mimic) is asked about as what its sentence names
+    subject = f'"{mention}"' if mention else "the thing named"
 
     def chat(shown_sentence: str) -> tuple[tuple[str, str], ...]:
-        return (("system", SYSTEM), ("user", f'Sentence: {shown_sentence}\nWhat is "{mention}" in this sentence?'))
+        return (("system", SYSTEM), ("user", f"Sentence: {shown_sentence}\nWhat is {subject} in this sentence?"))
 
     return Prompt(question=chat(clip_sentence(sentence, mention)), baseline=chat(NO_SENTENCE),
-                  reply_start=f"{mention} is a", options=options)
+                  reply_start=f"{mention or 'It'} is a", options=options)
 
 
 def clip_sentence(sentence: str, mention: str, limit: int = MAX_SENTENCE_CHARS) -> str:

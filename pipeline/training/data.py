@@ -18,6 +18,11 @@ uninterrupted run drew.
 Bad input stops with a MELUserError naming the store, the ids and what is wrong: NaN/Inf in a feature row
 (checked on every batch), a text without any real token, stores or index written by different encoders,
 candidates naming KB indices that the entity store lacks, a split without usable mentions.
+
+What training depends on (`Inputs.training_fingerprints`): the train and dev mentions only (ids, golds, nil
+flags, the content keys of their mention-store rows, their FAISS candidate lists) and the content keys of the
+entity-store rows they read (golds and candidates). Test mentions and KB entities no train/dev mention
+touches are not read by training, so changing them does not retrain.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from model.features import nonfinite_rows
 from pipeline.errors import MELUserError
 from pipeline.features import mention_store_name, store_dir
 from pipeline.features.store import FeatureBatch, FeatureStore
+from pipeline.hashing import hash_strings
 from pipeline.index.faiss_index import CONFIG_NAME, index_dir
 from pipeline.lake import Lake
 
@@ -41,6 +47,8 @@ CANDIDATES_TABLE = "mention_candidates"
 NO_MENTION_FEATURES = "no row in the mention feature store"
 NO_GOLD_FEATURES = "the gold entity has no row in the entity feature store"
 NO_CANDIDATES_ROW = "no row in mention_candidates (re-materialize it)"
+TRAINING_SPLITS = ("train", "dev")  # what training reads: train mentions, and dev mentions for model selection
+NO_ROW_KEY = "-"  # the content key of an item that has no row in its store
 
 
 def entity_store_dir(lake: Lake) -> Path:
@@ -98,6 +106,23 @@ class Inputs:
     def fingerprints(self) -> dict:
         return {"entity_store": self.entities.fingerprint, "mention_store": self.mentions_store.fingerprint,
                 "mention_candidates": self.candidates_fingerprint, "mentions": self.mentions_fingerprint}
+
+    def training_fingerprints(self) -> dict:
+        """Digests of exactly what training reads (see the module docstring), in table order: the order of the
+        train mentions decides the data order, so reordering them changes the digest too."""
+        m = self.mentions
+        positions = np.flatnonzero(np.isin(m.split, TRAINING_SPLITS))
+        mention_keys = store_keys(self.mentions_store, m.mention_row[positions])
+        kb = self.entities.ids
+        parts = []
+        for position, key in zip(positions.tolist(), mention_keys):
+            parts += [m.ids[position], m.split[position], str(m.gold_index[position]), str(bool(m.is_nil[position])),
+                      key, m.candidate_problem[position] or "", " ".join(kb[m.candidates[position]].tolist())]
+        read = np.unique(np.concatenate([m.gold_row[positions][m.gold_row[positions] >= 0],
+                                         *[m.candidates[p] for p in positions.tolist()]]).astype(np.int64))
+        entity_parts = [part for pair in zip(kb[read].tolist(), store_keys(self.entities, read)) for part in pair]
+        return {"train_dev_mentions": hash_strings(parts), "entities_read": hash_strings(entity_parts),
+                "encoder": json.dumps(self.entities.encoder, sort_keys=True)}
 
     @classmethod
     def open(cls, lake: Lake, mention_store: Path | None = None, entity_store: Path | None = None) -> "Inputs":
@@ -187,6 +212,14 @@ def _join(table, candidates, entities: FeatureStore, mention_store: FeatureStore
         problems.append(candidate_problems[position])
     return Mentions(ids, np.asarray(table.column("split").to_pylist(), dtype=str), is_nil, gold, mention_row,
                     gold_row, rows, problems)
+
+
+def store_keys(store: FeatureStore, rows: np.ndarray) -> list[str]:
+    """The content keys of store `rows` (NO_ROW_KEY for -1): they change iff the item's features do."""
+    rows = np.asarray(rows, dtype=np.int64)
+    present = rows >= 0
+    found = iter(store.content_keys.take(rows[present]).to_pylist())
+    return [next(found) if here else NO_ROW_KEY for here in present.tolist()]
 
 
 def _rows_or_missing(store: FeatureStore, ids: np.ndarray) -> np.ndarray:

@@ -10,8 +10,17 @@ capped the same way (ranks beyond K count as K + 1), so every row of the compari
 `predictions` (one row per ranked mention and scoring mode): the mention, its gold and gold rank, the top-10
 KB indices with total and per-unit scores, which experts the mention was routed to (JSON of
 `model.routing_records`: per routed sequence, the class vector's experts and per-expert token counts), and the
-problem when it could not be scored. The table is reused when the model, the inputs and the evaluation
-settings are unchanged.
+problem when it could not be scored, and the row's `row_key`.
+
+Incremental evaluation. The table is reused whole when the model, the inputs and the evaluation settings are
+unchanged. Otherwise only mentions whose inputs changed are ranked: a stored row is kept when its `row_key`,
+the digest of what its ranking reads (`RowKeys`: the model, the mention's features, gold and top-K
+candidates and those candidates' features; for the full KB every entity), is the current one. Rankings are
+per mention (topk gate: a mention's scores do not depend on the other mentions of its batch), so the
+metrics, computed over all rows, reused and new, equal those of a full recomputation. Full-KB rows are all
+ranked again when any entity changed, and with the reference gate (batch-dependent scores) when any
+mention of their split changed. The zero-shot baselines are recomputed every time: pooled cosines over the
+KB, cheap next to the matcher.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +40,17 @@ import pyarrow as pa
 from model import CheckpointConfigMismatch, load_checkpoint, ranking_metrics
 from pipeline.errors import MELUserError
 from pipeline.features.store import FeatureStore
-from pipeline.hashing import hash_strings
+from pipeline.hashing import hash_file, hash_strings
 from pipeline.lake import Lake, atomic_path
 from pipeline.training.baselines import MODALITIES, zero_shot_ranks
-from pipeline.training.data import Inputs, Mentions
+from pipeline.training.data import Inputs, Mentions, store_keys
 from pipeline.training.scoring import EncodedEntities, Ranking, candidate_union, rank_mentions
 from pipeline.training.settings import TrainingSettings
 
 EVALUATION_VERSION = "1"
 PREDICTIONS_TABLE = "predictions"
 EVAL_SPLITS = ("dev", "test")
+FULL_KB = "full_kb"
 HISTOGRAM_FILE = "rank_histogram.png"
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("top_cross_scores", pa.list_(pa.float32())),
     ("routing", pa.string()),  # JSON: {sequence: {class_experts: [...], token_counts: [...]}}
     ("problem", pa.string()),  # why the mention could not be (fully) ranked; null when nothing
+    ("row_key", pa.string()),  # digest of what the row was ranked from (RowKeys): reused while unchanged
 ])
 
 
@@ -76,6 +88,8 @@ class EvaluationReport:
     mentions_per_second: float
     entities_encoded: int
     extra: dict = field(default_factory=dict)
+    mentions_ranked: int = 0  # dev/test mentions ranked anew by this evaluation
+    mentions_reused: int = 0  # dev/test mentions whose stored predictions rows were kept (inputs unchanged)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +115,8 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
     """Evaluate the model described by `model` (a TrainingReport dict: checkpoint, fingerprint, encoder).
 
     `out_dir` (default `<lake>/mmoe/evaluation`) receives the rank histogram; `write_predictions=False`
-    evaluates without replacing the lake's predictions table (ablations).
+    evaluates without replacing the lake's predictions table (ablations). Stored predictions rows whose
+    `row_key` is unchanged are kept; only the other mentions are ranked (see the module docstring).
     """
     settings.validate()
     inputs = inputs or Inputs.open(lake)
@@ -116,28 +131,26 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
 
     started = time.perf_counter()
     device = settings.torch_device()
-    matcher = load_matcher(model, settings, inputs.entities, device, logger, inputs.fingerprints())
+    matcher = load_matcher(model, settings, inputs.entities, device, logger, inputs.training_fingerprints())
     mentions = inputs.mentions
     split_positions = _split_positions(mentions, logger)
-    all_positions = np.concatenate(list(split_positions.values()))
-    entities = None
-    if not matcher.reference_mode:  # encode each needed entity once, for every split and scoring mode
-        rows = np.arange(len(inputs.entities)) if settings.full_kb else candidate_union(mentions, all_positions,
-                                                                                        settings.rerank_k)
-        entities = EncodedEntities.build(matcher, inputs.entities, rows, device)
-        logger.info(f"Encoded {len(entities)} entities in {time.perf_counter() - started:.1f} s.")
-
-    rankings: list[tuple[str, Ranking]] = []
-    for split, positions in split_positions.items():
-        rankings.append((split, rank_mentions(matcher, mentions, inputs.mentions_store, inputs.entities, positions,
-                                              device, settings.rerank_k, batch_size=settings.eval_batch_size,
-                                              entities=entities)))
-        if settings.full_kb:
-            rankings.append((split, rank_mentions(matcher, mentions, inputs.mentions_store, inputs.entities,
-                                                  positions, device, settings.rerank_k, full_kb=True,
-                                                  batch_size=settings.eval_batch_size, entities=entities)))
+    keys = RowKeys(inputs, model_identity(model), settings.rerank_k, matcher.reference_mode)
+    blocks = _plan(split_positions, settings, keys, _stored_rows(lake))
+    entities = _encode_needed(matcher, inputs, blocks, settings, device, started, logger)
+    kb_index = inputs.entities.ids.astype(np.int64)
+    for block in blocks:
+        if len(block.to_rank):
+            ranking = rank_mentions(matcher, mentions, inputs.mentions_store, inputs.entities, block.to_rank, device,
+                                    settings.rerank_k, full_kb=block.scoring == FULL_KB,
+                                    batch_size=settings.eval_batch_size, entities=entities)
+            block.add_ranked(ranking_rows(block.split, ranking, mentions, kb_index, keys))
     seconds = time.perf_counter() - started
-    metrics = [_metrics_row(split, ranking, mentions) for split, ranking in rankings]
+    ranked_ids = {mentions.ids[p] for block in blocks for p in block.to_rank.tolist()}
+    evaluated = {mentions.ids[p] for positions in split_positions.values() for p in positions.tolist()}
+    logger.info(f"Ranked {len(ranked_ids)} mentions anew; reused the stored predictions of "
+                f"{len(evaluated) - len(ranked_ids)} (model, features and candidates unchanged).")
+
+    metrics = [_metrics_row(block.split, block.scoring, block.rows(), block.miss_rank(inputs)) for block in blocks]
     baselines = _baseline_rows(inputs, split_positions, settings.rerank_k)
     for row in metrics + baselines:
         method = f"zero-shot CLIP ({row['modality']})" if "modality" in row else f"MMoE {row['scoring']}"
@@ -145,26 +158,149 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
                     f"hits@1 {row['hits@1']:.4f}, hits@10 {row['hits@10']:.4f}, MR {row['mr']:.2f} "
                     f"({row['count']} mentions)")
 
-    test_rerank = next(r for s, r in rankings if s == "test" and r.scoring.startswith("rerank"))
+    test_rerank = next(b for b in blocks if b.split == "test" and b.scoring != FULL_KB)
     test = split_positions["test"]
     linkable_test = test[~mentions.is_nil[test]]
     zero_shot = np.minimum(zero_shot_ranks(inputs.entities, inputs.mentions_store, mentions, linkable_test, "both"),
                            settings.rerank_k + 1)
-    histogram = write_histogram(out_dir / HISTOGRAM_FILE, test_rerank.ranks_of(linkable_test), zero_shot,
-                                settings.rerank_k)
-    ranked = sum(len(r.positions) for _, r in rankings)
+    mmoe_ranks = [row["gold_rank"] for row in test_rerank.rows() if not row["is_nil"]]
+    histogram = write_histogram(out_dir / HISTOGRAM_FILE, np.asarray(mmoe_ranks), zero_shot, settings.rerank_k)
+    ranked_rows = sum(len(block.to_rank) for block in blocks)
     report = EvaluationReport(
         fingerprint=fingerprint, reused=False, metrics=metrics, baselines=baselines,
         nil_mentions={split: int(mentions.is_nil[p].sum()) for split, p in split_positions.items()},
         checkpoint=model["checkpoint"], predictions_path=str(lake.table_path(PREDICTIONS_TABLE)),
         histogram_path=str(histogram), seconds=round(seconds, 3),
-        mentions_per_second=round(ranked / max(seconds, 1e-9), 2),
+        mentions_per_second=round(ranked_rows / max(seconds, 1e-9), 2),
         entities_encoded=len(entities) if entities is not None else 0,
-        extra={"device": str(device), "gate_mode": matcher.config.gate_mode, "rerank_k": settings.rerank_k})
+        extra={"device": str(device), "gate_mode": matcher.config.gate_mode, "rerank_k": settings.rerank_k},
+        mentions_ranked=len(ranked_ids), mentions_reused=len(evaluated) - len(ranked_ids))
     if write_predictions:
-        table = predictions_table(rankings, mentions, inputs)
+        table = pa.Table.from_pylist([row for block in blocks for row in block.rows()], schema=PREDICTIONS_SCHEMA)
         lake.write_table(PREDICTIONS_TABLE, table, fingerprint, extra=report.as_dict())
     return report
+
+
+# -- incremental evaluation -----------------------------------------------------------------------------
+
+
+class RowKeys:
+    """The `row_key` of a predictions row: a digest of everything its ranking reads.
+
+    Reranking reads the model, the mention's features (content key), its gold, its top-K candidates and
+    their features (content keys); scoring the full KB reads every entity (the entity store's
+    fingerprint) and, with the reference gate, whose scores depend on the batch, the split's other mentions.
+    """
+
+    def __init__(self, inputs: Inputs, model_fingerprint: str, rerank_k: int, reference: bool):
+        self.inputs, self.model, self.k, self.reference = inputs, model_fingerprint, rerank_k, reference
+        m = inputs.mentions
+        self.mention_key = store_keys(inputs.mentions_store, m.mention_row)
+        self.gold_key = store_keys(inputs.entities, m.gold_row)
+        self.kb_index = inputs.entities.ids
+        self._entity_keys: list[str] | None = None
+        self._split_digest: dict[str, str] = {}
+
+    def key(self, position: int, scoring: str) -> str:
+        m = self.inputs.mentions
+        parts = [EVALUATION_VERSION, self.model, scoring, m.ids[position], m.split[position],
+                 str(m.gold_index[position]), str(bool(m.is_nil[position])), self.mention_key[position],
+                 self.gold_key[position], m.candidate_problem[position] or ""]
+        if scoring == FULL_KB:
+            parts += [self.inputs.entities.fingerprint, self._split(m.split[position]) if self.reference else ""]
+        else:
+            rows = m.candidates[position][:self.k]
+            parts += [f"{self.kb_index[row]}:{self._entity_key(row)}" for row in rows.tolist()]
+        return hash_strings(parts)
+
+    def _entity_key(self, row: int) -> str:
+        if self._entity_keys is None:
+            self._entity_keys = self.inputs.entities.content_keys.to_pylist()
+        return self._entity_keys[row]
+
+    def _split(self, split: str) -> str:
+        if split not in self._split_digest:
+            m = self.inputs.mentions
+            positions = m.select(split, linkable_only=False).tolist()
+            self._split_digest[split] = hash_strings(f"{m.ids[p]}:{self.mention_key[p]}" for p in positions)
+        return self._split_digest[split]
+
+
+@dataclass
+class _Block:
+    """The predictions rows of one (split, scoring mode): reused stored rows and rows ranked anew."""
+
+    split: str
+    scoring: str
+    positions: np.ndarray  # every mention of the split, in table order
+    stored: list[dict | None]  # the reusable stored row per position (None: rank it)
+    ranked: dict = field(default_factory=dict)  # position -> new row
+
+    @cached_property
+    def to_rank(self) -> np.ndarray:
+        return np.asarray([p for p, row in zip(self.positions.tolist(), self.stored) if row is None], np.int64)
+
+    def add_ranked(self, rows: dict[int, dict]) -> None:
+        self.ranked.update(rows)
+
+    def rows(self) -> list[dict]:
+        return [row if row is not None else self.ranked[p] for p, row in zip(self.positions.tolist(), self.stored)]
+
+    def miss_rank(self, inputs: Inputs) -> int:
+        return len(inputs.entities) + 1 if self.scoring == FULL_KB else int(self.scoring.split("@")[1]) + 1
+
+
+def model_identity(model: dict) -> str:
+    """The trained run's fingerprint and the digest of its weights: a run retrained under the same fingerprint
+    (its folder deleted, or on CUDA, where runs are close but not bit-identical) invalidates the rows."""
+    weights = Path(model["checkpoint"]) / "model.safetensors"
+    return hash_strings([model["fingerprint"], hash_file(weights) if weights.is_file() else ""])
+
+
+def _plan(split_positions: dict[str, np.ndarray], settings: TrainingSettings, keys: RowKeys,
+          stored: dict[tuple[str, str], dict]) -> list[_Block]:
+    """One block per (split, scoring mode); a stored row is reused when its row_key is the current one."""
+    scorings = [f"rerank@{settings.rerank_k}"] + ([FULL_KB] if settings.full_kb else [])
+    mentions = keys.inputs.mentions
+    blocks = []
+    for split, positions in split_positions.items():
+        for scoring in scorings:
+            row_keys = [keys.key(p, scoring) for p in positions.tolist()]
+            reusable = []
+            for p, key in zip(positions.tolist(), row_keys):
+                row = stored.get((str(mentions.ids[p]), scoring))
+                reusable.append(row if row is not None and row.get("row_key") == key and row["split"] == split
+                                else None)
+            blocks.append(_Block(split, scoring, positions, reusable))
+    return blocks
+
+
+def _stored_rows(lake: Lake) -> dict[tuple[str, str], dict]:
+    """The stored predictions rows by (mention id, scoring); none from a table written before row keys."""
+    if not lake.has_table(PREDICTIONS_TABLE):
+        return {}
+    table = lake.read_table(PREDICTIONS_TABLE)
+    if table.schema.remove_metadata() != PREDICTIONS_SCHEMA:
+        return {}
+    return {(row["mention_id"], row["scoring"]): row for row in table.to_pylist()}
+
+
+def _encode_needed(matcher, inputs: Inputs, blocks: list[_Block], settings: TrainingSettings, device, started,
+                   logger) -> EncodedEntities | None:
+    """Encode each entity the mentions to rank need, once, for every split and scoring mode (topk mode)."""
+    if matcher.reference_mode:
+        return None
+    if any(block.scoring == FULL_KB and len(block.to_rank) for block in blocks):
+        rows = np.arange(len(inputs.entities))
+    else:
+        to_rank = [block.to_rank for block in blocks]
+        rows = candidate_union(inputs.mentions, np.concatenate(to_rank) if to_rank else np.zeros(0, np.int64),
+                               settings.rerank_k)
+    if len(rows) == 0:
+        return None
+    entities = EncodedEntities.build(matcher, inputs.entities, rows, device)
+    logger.info(f"Encoded {len(entities)} entities in {time.perf_counter() - started:.1f} s.")
+    return entities
 
 
 def load_matcher(model: dict, settings: TrainingSettings | None, entities: FeatureStore, device, logger=log,
@@ -181,8 +317,8 @@ def load_matcher(model: dict, settings: TrainingSettings | None, entities: Featu
                            f"({entities.encoder.get('arch')}, {entities.encoder.get('weights')}); "
                            "re-materialize mmoe_model.")
     if inputs_fingerprints is not None and model.get("inputs") and model["inputs"] != inputs_fingerprints:
-        logger.warning("The features, candidates or mentions changed since the model was trained; evaluating the "
-                       "trained model on the current ones (re-materialize mmoe_model to retrain).")
+        logger.warning("The train/dev mentions, their features or candidates changed since the model was trained; "
+                       "evaluating the trained model on the current ones (re-materialize mmoe_model to retrain).")
     try:
         expected = settings.model_config(entities.dims) if settings is not None else None
         loaded = load_checkpoint(model["checkpoint"], expected, device=device)
@@ -209,13 +345,13 @@ def _split_positions(mentions: Mentions, logger) -> dict[str, np.ndarray]:
     return positions
 
 
-def _metrics_row(split: str, ranking: Ranking, mentions: Mentions) -> dict:
-    linkable = ~mentions.is_nil[ranking.positions]
-    ranks = ranking.gold_rank[linkable]
-    unscored = sum(1 for problem, scored, keep in zip(ranking.problems, ranking.scored, linkable) if keep and not scored)
-    return {"split": split, "scoring": ranking.scoring, **ranking_metrics(ranks),
-            "outside_top_k": int((ranks == ranking.miss_rank).sum()) - unscored, "unscored": unscored,
-            "miss_rank": ranking.miss_rank}
+def _metrics_row(split: str, scoring: str, rows: list[dict], miss_rank: int) -> dict:
+    linkable = [row for row in rows if not row["is_nil"]]
+    ranks = np.asarray([row["gold_rank"] for row in linkable], dtype=np.int64)
+    unscored = sum(1 for row in linkable if row["entities_scored"] == 0)
+    return {"split": split, "scoring": scoring, **ranking_metrics(ranks),
+            "outside_top_k": int((ranks == miss_rank).sum()) - unscored, "unscored": unscored,
+            "miss_rank": miss_rank}
 
 
 def _baseline_rows(inputs: Inputs, split_positions: dict[str, np.ndarray], rerank_k: int) -> list[dict]:
@@ -229,29 +365,38 @@ def _baseline_rows(inputs: Inputs, split_positions: dict[str, np.ndarray], reran
     return rows
 
 
-def predictions_table(rankings: list[tuple[str, Ranking]], mentions: Mentions, inputs: Inputs) -> pa.Table:
-    kb_index = inputs.entities.ids.astype(np.int64)
-    columns: dict[str, list] = {name: [] for name in PREDICTIONS_SCHEMA.names}
-    for split, ranking in rankings:
-        for i, position in enumerate(ranking.positions.tolist()):
-            nil = bool(mentions.is_nil[position])
-            gold = int(mentions.gold_index[position])
-            columns["mention_id"].append(str(mentions.ids[position]))
-            columns["split"].append(split)
-            columns["scoring"].append(ranking.scoring)
-            columns["is_nil"].append(nil)
-            columns["gold_index"].append(None if gold < 0 else gold)
-            columns["gold_rank"].append(None if nil else int(ranking.gold_rank[i]))
-            columns["entities_scored"].append(int(ranking.scored[i]))
-            columns["top_entities"].append(kb_index[ranking.top_rows[i]].tolist())
-            columns["top_scores"].append(ranking.top_scores[i].tolist())
-            for unit in ("text", "image", "cross"):
-                values = ranking.top_units.get(unit)
-                columns[f"top_{unit}_scores"].append(None if values is None or values[i] is None
-                                                     else values[i].tolist())
-            columns["routing"].append(ranking.routing[i])
-            columns["problem"].append(ranking.problems[i])
-    return pa.table(columns, schema=PREDICTIONS_SCHEMA)
+def ranking_rows(split: str, ranking: Ranking, mentions: Mentions, kb_index: np.ndarray,
+                 keys: RowKeys) -> dict[int, dict]:
+    """The predictions rows of a ranking, by position in Mentions."""
+    rows = {}
+    for i, position in enumerate(ranking.positions.tolist()):
+        nil = bool(mentions.is_nil[position])
+        gold = int(mentions.gold_index[position])
+        row = {"mention_id": str(mentions.ids[position]), "split": split, "scoring": ranking.scoring, "is_nil": nil,
+               "gold_index": None if gold < 0 else gold, "gold_rank": None if nil else int(ranking.gold_rank[i]),
+               "entities_scored": int(ranking.scored[i]), "top_entities": kb_index[ranking.top_rows[i]].tolist(),
+               "top_scores": ranking.top_scores[i].tolist()}
+        for unit in ("text", "image", "cross"):
+            values = ranking.top_units.get(unit)
+            row[f"top_{unit}_scores"] = None if values is None or values[i] is None else values[i].tolist()
+        row.update(routing=ranking.routing[i], problem=ranking.problems[i],
+                   row_key=keys.key(position, ranking.scoring))
+        rows[position] = row
+    return rows
+
+
+def missing_test_predictions(lake: Lake) -> tuple[int, list[str]]:
+    """(non-nil test mentions of the `mentions` table, those without a rerank row in `predictions`): every
+    linkable test mention belongs in the test metrics' denominator, so none may lack a row."""
+    mentions = lake.read_table("mentions", columns=["mention_id", "split", "is_nil"]).to_pydict()
+    expected = [mention_id for mention_id, split, nil in zip(mentions["mention_id"], mentions["split"],
+                                                             mentions["is_nil"]) if split == "test" and not nil]
+    covered: set[str] = set()
+    if lake.has_table(PREDICTIONS_TABLE):
+        rows = lake.read_table(PREDICTIONS_TABLE, columns=["mention_id", "split", "scoring"]).to_pydict()
+        covered = {mention_id for mention_id, split, scoring in zip(rows["mention_id"], rows["split"], rows["scoring"])
+                   if split == "test" and scoring.startswith("rerank")}
+    return len(expected), [mention_id for mention_id in expected if mention_id not in covered]
 
 
 # -- the rank histogram ---------------------------------------------------------------------------------

@@ -136,23 +136,52 @@ def _mentions_table(world: SyntheticWorld) -> tuple[pa.Table, np.ndarray]:
     rows, golds = [], []
     for split in SPLITS:
         for i in range(world.mentions.get(split, 0)):
-            nil = bool(rng.random() < world.nil_share)
-            gold = -1 if nil else int(rng.integers(world.entities))
+            row, gold = _mention_row(world, rng, split, i)
+            rows.append(row)
             golds.append(gold)
-            rows.append({
-                "mention_id": f"{split}:{i}", "split": split, "record_id": str(i), "mention": f"m{i}",
-                "sentence": f"synthetic mention {i}", "gold_name": None if nil else f"entity {gold}",
-                "gold_qid": None if nil else f"Q{gold}", "gold_index": None if nil else gold, "is_nil": nil,
-                "description": None, "image_path": None, "image_digest": None, "has_image": True,
-                "source_file": f"synthetic_{split}.json", "record_index": i,
-            })
     return pa.Table.from_pylist(rows, schema=MENTIONS_SCHEMA), np.asarray(golds, dtype=np.int64)
 
 
-def _mention_chunks(world: SyntheticWorld, entities: FeatureStore, gold: np.ndarray) -> Iterator[dict]:
-    """Noisy copies of the golds' stored features (nil mentions: random features)."""
+def _mention_row(world: SyntheticWorld, rng: np.random.Generator, split: str, i: int) -> tuple[dict, int]:
+    nil = bool(rng.random() < world.nil_share)
+    gold = -1 if nil else int(rng.integers(world.entities))
+    return {
+        "mention_id": f"{split}:{i}", "split": split, "record_id": str(i), "mention": f"m{i}",
+        "sentence": f"synthetic mention {i}", "gold_name": None if nil else f"entity {gold}",
+        "gold_qid": None if nil else f"Q{gold}", "gold_index": None if nil else gold, "is_nil": nil,
+        "description": None, "image_path": None, "image_digest": None, "has_image": True,
+        "source_file": f"synthetic_{split}.json", "record_index": i,
+    }, gold
+
+
+def append_mentions(lake: Lake, world: SyntheticWorld = SyntheticWorld(), split: str = "test",
+                    count: int = 24) -> list[str]:
+    """Add `count` new mentions to `split` (ids after its existing ones), as a dataset that gained records
+    would: rows appended to the mentions table and the mention store, then mention_candidates searched
+    again. Returns the new mention ids. Small lakes only (the mention store is rewritten whole)."""
+    table = lake.read_table("mentions")
+    first = table.column("split").to_pylist().count(split)
+    rng = np.random.default_rng([world.seed, 4, first])
+    rows, golds = zip(*(_mention_row(world, rng, split, first + i) for i in range(count)))
+    combined = pa.concat_tables([table.select(MENTIONS_SCHEMA.names).cast(MENTIONS_SCHEMA),
+                                 pa.Table.from_pylist(list(rows), schema=MENTIONS_SCHEMA)])
+    store = FeatureStore.open(mention_store_dir(lake))
+    new_ids = [row["mention_id"] for row in rows]
+    entities = FeatureStore.open(entity_store_dir(lake))
+    new_features = _mention_chunks(world, entities, np.asarray(golds, dtype=np.int64), offset=len(store))
+    write_store(mention_store_dir(lake), store.ids.tolist() + new_ids, iter([_read_all(store), *new_features]),
+                store.encoder, store.recipe)
+    lake.write_table("mentions", combined, fingerprint=f"synthetic-{world.seed}-{len(combined)}",
+                     extra=lake.table_extra("mentions"))
+    index_candidates(lake, world.top_k)
+    return new_ids
+
+
+def _mention_chunks(world: SyntheticWorld, entities: FeatureStore, gold: np.ndarray, offset: int = 0) -> Iterator[dict]:
+    """Noisy copies of the golds' stored features (nil mentions: random features); `offset`: where in the
+    store these mentions start (so that appended mentions draw noise of their own)."""
     for start in range(0, len(gold), CHUNK):
-        rng = np.random.default_rng([world.seed, 3, start])
+        rng = np.random.default_rng([world.seed, 3, offset + start])
         chunk_gold = gold[start:start + CHUNK]
         nil = chunk_gold < 0
         source = entities.take(np.where(nil, 0, chunk_gold))
@@ -174,9 +203,15 @@ def rewrite_store(root: Path, edit: Callable[[dict], None] | None = None, encode
     and write it back (tests of bad input: NaN rows, another encoder, missing items). Small stores only."""
     store = FeatureStore.open(root)
     kept = np.flatnonzero(~np.isin(store.ids, list(drop)))
-    batch = store.take(kept)
-    features = {name: getattr(batch, name).numpy().copy() for name in FEATURES}
-    features["text_mask"] = features["text_mask"].astype(np.uint8)
+    features = _read_all(store, kept)
     if edit is not None:
         edit(features)
     write_store(root, store.ids[kept].tolist(), iter([features]), encoder or store.encoder, store.recipe)
+
+
+def _read_all(store: FeatureStore, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The features of store `rows` (default: all) as the numpy arrays `write_store` takes."""
+    batch = store.take(np.arange(len(store)) if rows is None else rows)
+    features = {name: getattr(batch, name).numpy().copy() for name in FEATURES}
+    features["text_mask"] = features["text_mask"].astype(np.uint8)
+    return features

@@ -18,8 +18,10 @@ Progress: a tqdm line (steps, rate, loss) goes to the log every 30 s, and one li
 parts and the dev metrics (also in the report, for the Dagster metadata).
 
 Stored runs: a run folder is named by the digest of (code version, the settings that decide the weights,
-the fingerprints of both feature stores, the candidates and the mentions table). An unchanged digest with a
-finished run is reused; with an unfinished one, training resumes after its last finished epoch.
+what training reads: the train and dev mentions, their features and candidates, and the entities those
+name; see `Inputs.training_fingerprints`). New test mentions or a changed KB entity that no train/dev
+mention reads leave the digest as it was. An unchanged digest with a finished run is reused; with an
+unfinished one, training resumes after its last finished epoch.
 
 NaN guard: every batch's features are checked (a NaN/Inf row stops training naming the store and ids),
 and a non-finite loss stops training naming the epoch, the step and the batch's mention ids.
@@ -78,7 +80,7 @@ class TrainingReport:
     stopped_early: bool
     resumed_from_epoch: int = 0  # 0: started from scratch
     reused: bool = False
-    inputs: dict = field(default_factory=dict)  # fingerprints of the stores and tables trained on
+    inputs: dict = field(default_factory=dict)  # digests of what was trained on (Inputs.training_fingerprints)
     encoder: dict = field(default_factory=dict)  # identity of the CLIP encoder that wrote the features
 
     def as_dict(self) -> dict:
@@ -91,7 +93,7 @@ def models_dir(lake: Lake) -> Path:
 
 def run_fingerprint(settings: TrainingSettings, inputs: Inputs, config: MMoEConfig) -> str:
     return hash_strings([TRAINING_VERSION, json.dumps(settings.recipe(), sort_keys=True),
-                         json.dumps(inputs.fingerprints(), sort_keys=True),
+                         json.dumps(inputs.training_fingerprints(), sort_keys=True),
                          json.dumps(config.to_dict(), sort_keys=True, default=list)])
 
 
@@ -302,7 +304,8 @@ class Trainer:
             parameters=parameter_count(self.model),
             samples_per_second=round(len(self.data) * len(history) / train_seconds, 2),
             device=str(self.device), train_mentions=len(self.data), left_out=self.data.left_out,
-            stopped_early=stopped_early, resumed_from_epoch=progress["resumed_from"], inputs=self.inputs.fingerprints(),
+            stopped_early=stopped_early, resumed_from_epoch=progress["resumed_from"],
+            inputs=self.inputs.training_fingerprints(),
             encoder=self.inputs.entities.encoder)
         final = self._on_disk(progress, finished=True)
         self.folder.commit_state({**final, "last": final["best"], "report": report.as_dict()})

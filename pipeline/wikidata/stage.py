@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_strings, table_content_hash
