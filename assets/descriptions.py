@@ -13,7 +13,7 @@ from pipeline.describe.backends import LLMConfig
 from pipeline.describe.measure import METHODS, accuracy_rows
 from pipeline.describe.select import STATUSES, TABLE, select_descriptions
 
-GROUP = "describe"
+GROUP = "enhance"
 
 
 class LLMResource(dg.ConfigurableResource):

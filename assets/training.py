@@ -17,7 +17,7 @@ from pipeline.training.evaluate import PREDICTIONS_TABLE, evaluate_model, png_ma
 from pipeline.training.settings import HEAD_LR, UNIT_NAMES, TrainingSettings
 from pipeline.training.train import current_model, train_mmoe
 
-GROUP = "mmoe"
+GROUP = "model"
 DEFAULTS = TrainingSettings()
 EPOCH_COLUMNS = ["epoch", "loss", "loss_total", "loss_text", "loss_image", "loss_cross", "dev_mrr", "dev_hits@1",
                  "dev_hits@10", "seconds", "samples_per_second"]

@@ -13,7 +13,7 @@ from assets.resources import DatasetResource, LakeResource, user_errors
 from pipeline.wikidata.api import DEFAULT_ENDPOINT, default_user_agent
 from pipeline.wikidata.stage import WikidataSettings, build_wikidata_candidates
 
-GROUP = "describe"
+GROUP = "enhance"
 COUNTS = (
     "mentions", "mentions_with_candidates", "mentions_without_candidates", "mentions_no_match",
     "mentions_failed_lookup", "mentions_empty_search", "mean_candidates_per_mention", "distinct_searches",

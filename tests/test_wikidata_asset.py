@@ -143,4 +143,4 @@ def test_definitions_with_the_asset_load():
     )
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("wikidata_candidates")).group_name == "describe"
+    assert graph.get(dg.AssetKey("wikidata_candidates")).group_name == "enhance"
