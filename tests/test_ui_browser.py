@@ -186,7 +186,7 @@ def dismiss_welcome_dialog(page) -> None:
 
 
 def test_the_catalog_lists_every_asset_and_ingest_materializes_from_the_ui(
-        server, sync_playwright, artifacts, tmp_path):
+        sync_playwright, server, artifacts, tmp_path):  # the browser first: no server when it is missing
     asset_keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
