@@ -19,9 +19,11 @@ from pipeline.index import (
     ItemVectors,
     find_mention_candidates,
     index_dir,
+    recall_curves,
     update_entity_index,
 )
 from pipeline.lake import Lake
+from pipeline.plots import png_markdown, recall_curve_png
 
 GROUP = "index"
 DEFAULTS = IndexSettings()
@@ -118,6 +120,8 @@ def mention_candidates(context: dg.AssetExecutionContext, lake: LakeResource, in
                              ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
             **recall_metadata(stats["recall"]),
             "recall": dg.MetadataValue.md(markdown_table(recall_rows(stats["recall"]))),
+            "recall_plot": dg.MetadataValue.md(png_markdown(recall_curve_png(recall_curves(table, stats["k"]),
+                                                                             stats["k"]), "recall@K per split")),
             "k": stats["k"],
             "nprobe": stats["nprobe"] or 0,
             "index_kind": stats["index_kind"],

@@ -5,7 +5,7 @@
 ``candidates``   top-K KB indices per mention and recall@K of the gold entity per split
 """
 
-from pipeline.index.candidates import CANDIDATES_SCHEMA, CandidatesReport, find_mention_candidates
+from pipeline.index.candidates import CANDIDATES_SCHEMA, CandidatesReport, find_mention_candidates, recall_curves
 from pipeline.index.faiss_index import (
     EntityIndex, IndexReport, IndexSettings, SyncCounts, index_dir, update_entity_index,
 )
@@ -13,5 +13,5 @@ from pipeline.index.vectors import COMBINATION_RULE, ItemVectors
 
 __all__ = [
     "CANDIDATES_SCHEMA", "COMBINATION_RULE", "CandidatesReport", "EntityIndex", "IndexReport", "IndexSettings",
-    "ItemVectors", "SyncCounts", "find_mention_candidates", "index_dir", "update_entity_index",
+    "ItemVectors", "SyncCounts", "find_mention_candidates", "index_dir", "recall_curves", "update_entity_index",
 ]
