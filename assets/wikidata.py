@@ -74,6 +74,7 @@ def wikidata_candidates(
             **table_metadata(candidates, store.table_path("wikidata_candidates"),
                              ["mention_id", "rank", "qid", "label", "description", "match"]),
             **{key: stats[key] for key in COUNTS if key in stats},
+            "cache_hit_rate": float(stats["cache_hit_rate"]),
             **{key: stats[key] for key in DUMP_COUNTS if stats.get(key) is not None},
             "source": stats["source"],
             "source_location": stats.get("dump_path") or stats.get("endpoint", ""),
