@@ -27,6 +27,8 @@ defs = dg.Definitions(
         wikidata.wikidata_lookup_failures,
         features.entity_features_cover_entities,
         features.mention_features_cover_mentions,
+        features.entity_features_finite_and_shaped,
+        features.mention_features_finite_and_shaped,
         training.mmoe_beats_zero_shot,
     ],
     jobs=[ingest.refresh_job, features.kb_features_job],
