@@ -29,6 +29,8 @@ defs = dg.Definitions(
         features.mention_features_cover_mentions,
         features.entity_features_finite_and_shaped,
         features.mention_features_finite_and_shaped,
+        index.index_matches_features,
+        index.candidate_recall_floor,
         training.mmoe_beats_zero_shot,
     ],
     jobs=[ingest.refresh_job, features.kb_features_job],
