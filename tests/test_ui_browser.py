@@ -129,7 +129,8 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def runs(self) -> list[dict]:
-        data = graphql(self.base, "{ runsOrError { ... on Runs { results { runId status assetSelection { path } } } } }")
+        data = graphql(self.base, "{ runsOrError { ... on Runs { results { "
+                                  "runId status assetSelection { path } } } } }")
         return data["runsOrError"]["results"]
 
     def wait_for_run(self, assets: set[str]) -> dict:
@@ -178,10 +179,11 @@ def artifacts(tmp_path):
 
 def dismiss_welcome_dialog(page) -> None:
     """A fresh instance greets with a 'Join the Dagster community' dialog that covers the page."""
-    skip = page.get_by_role("button", name="Skip")
+    from playwright.sync_api import TimeoutError as NoDialog
+
     try:
-        skip.click(timeout=5_000)
-    except Exception:  # noqa: BLE001 - Playwright's TimeoutError: no dialog this time
+        page.get_by_role("button", name="Skip").click(timeout=5_000)
+    except NoDialog:  # not shown (again) on this page
         pass
 
 
