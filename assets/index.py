@@ -49,7 +49,7 @@ class IndexResource(dg.ConfigurableResource):
     use_gpu: str = Field(default=DEFAULTS.use_gpu, description="'auto' (when faiss has GPU support and a GPU "
                          "is present), 'always' (fail without one) or 'never'.")
     min_recall: float = Field(default=0.5, description="Floor of recall@100 (recall@K when K < 100) on every "
-                              "split; below it the candidate_recall_floor check fails (the demo reaches about 0.9).")
+                              "split; below it the candidate_recall_floor check fails (the demo reaches 0.8 to 0.9).")
 
     def settings(self) -> IndexSettings:
         return IndexSettings(kind=self.kind, flat_max_entities=self.flat_max_entities, nlist=self.nlist,
@@ -173,7 +173,8 @@ def index_matches_features(lake: LakeResource, clip: ClipResource) -> dg.AssetCh
     except MELUserError:  # not materialized yet: the entity side is still worth checking
         mentions = None
     check = check_index_against_features(index, entities, mentions)
-    compared = "entity and mention features" if mentions else f"entity features ({mention_store}: none yet)"
+    compared = ("entity and mention features" if mentions is not None
+                else f"entity features ({mention_store}: none yet)")
     return dg.AssetCheckResult(
         passed=check.passed,
         severity=dg.AssetCheckSeverity.ERROR,
