@@ -13,7 +13,7 @@ from pipeline.describe.backends import LLMConfig
 from pipeline.describe.measure import METHODS, accuracy_rows
 from pipeline.describe.select import STATUSES, TABLE, select_descriptions
 
-GROUP = "describe"
+GROUP = "enhance"
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -66,6 +66,7 @@ def mention_descriptions(context: dg.AssetExecutionContext, lake: LakeResource, 
         **{name: stats.get(name, 0) for name in ("candidates_without_description", "duplicate_descriptions_merged",
                                                  "candidates_of_unknown_mentions", "prompts", "cache_hits",
                                                  "llm_calls", "prompts_scored")},
+        "cache_hit_rate": float(stats["cache_hit_rate"]),
         "backend": stats.get("backend", ""),
         "model": stats.get("model", ""),
         "reused_stored_output": report.reused,

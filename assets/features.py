@@ -17,6 +17,7 @@ from assets.metadata import markdown_table
 from assets.resources import LakeResource, user_errors
 from pipeline.errors import MELUserError
 from pipeline.features import DEFAULT_ARCH, FeatureStore, entity_items, mention_items, mention_store_name, store_dir
+from pipeline.features.validate import check_feature_store
 
 GROUP = "features"
 
@@ -147,6 +148,43 @@ def entity_features_cover_entities(lake: LakeResource) -> dg.AssetCheckResult:
 def mention_features_cover_mentions(lake: LakeResource, clip: ClipResource) -> dg.AssetCheckResult:
     return _store_covers(lake, mention_store_name(clip.description_source), "mentions", "mention_id")
 
+
+
+def _finite_and_shaped(lake: LakeResource, name: str) -> dg.AssetCheckResult:
+    try:
+        store = FeatureStore.open(store_dir(lake.lake(), name))
+    except MELUserError as error:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(error))
+    check = check_feature_store(store)
+    return dg.AssetCheckResult(
+        passed=check.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=check.summary(),
+        metadata={
+            "store_path": dg.MetadataValue.path(check.root),
+            "rows_checked": check.rows,
+            "dims": dg.MetadataValue.json(check.dims),
+            "shape_problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in check.shape_problems) or "none"),
+            "values_checked": check.finite_checked,
+            "non_finite_rows": dg.MetadataValue.json(check.non_finite_rows),
+            "examples": dg.MetadataValue.md(markdown_table(check.examples)),
+        },
+    )
+
+
+FINITE_AND_SHAPED = ("Every row's pooled vectors and token states (image ones where the item has an image) are "
+                     "finite, and every stored shape is the one the store's dims declare.")
+
+
+# Blocking: NaN features would flow silently into the index (which would drop those entities) and training.
+@dg.asset_check(asset=entity_features, blocking=True, description=FINITE_AND_SHAPED)
+def entity_features_finite_and_shaped(lake: LakeResource) -> dg.AssetCheckResult:
+    return _finite_and_shaped(lake, "entity_features")
+
+
+@dg.asset_check(asset=mention_features, blocking=True, description=FINITE_AND_SHAPED)
+def mention_features_finite_and_shaped(lake: LakeResource, clip: ClipResource) -> dg.AssetCheckResult:
+    return _finite_and_shaped(lake, mention_store_name(clip.description_source))
 
 kb_features_job = dg.define_asset_job(
     "refresh_kb_features",

@@ -11,6 +11,7 @@ from pydantic import Field
 from assets.features import ClipResource
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import LakeResource, user_errors
+from pipeline.errors import MELUserError
 from pipeline.features import FeatureStore, mention_store_name, store_dir
 from pipeline.index import (
     COMBINATION_RULE,
@@ -19,9 +20,12 @@ from pipeline.index import (
     ItemVectors,
     find_mention_candidates,
     index_dir,
+    recall_curves,
     update_entity_index,
 )
+from pipeline.index.checks import check_index_against_features, recall_floor
 from pipeline.lake import Lake
+from pipeline.plots import png_markdown, recall_curve_png
 
 GROUP = "index"
 DEFAULTS = IndexSettings()
@@ -44,6 +48,8 @@ class IndexResource(dg.ConfigurableResource):
     top_k: int = Field(default=100, description="Candidates kept per mention (clamped to the KB size).")
     use_gpu: str = Field(default=DEFAULTS.use_gpu, description="'auto' (when faiss has GPU support and a GPU "
                          "is present), 'always' (fail without one) or 'never'.")
+    min_recall: float = Field(default=0.5, description="Floor of recall@100 (recall@K when K < 100) on every "
+                              "split; below it the candidate_recall_floor check fails (the demo reaches 0.8 to 0.9).")
 
     def settings(self) -> IndexSettings:
         return IndexSettings(kind=self.kind, flat_max_entities=self.flat_max_entities, nlist=self.nlist,
@@ -118,6 +124,8 @@ def mention_candidates(context: dg.AssetExecutionContext, lake: LakeResource, in
                              ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
             **recall_metadata(stats["recall"]),
             "recall": dg.MetadataValue.md(markdown_table(recall_rows(stats["recall"]))),
+            "recall_plot": dg.MetadataValue.md(png_markdown(recall_curve_png(recall_curves(table, stats["k"]),
+                                                                             stats["k"]), "recall@K per split")),
             "k": stats["k"],
             "nprobe": stats["nprobe"] or 0,
             "index_kind": stats["index_kind"],
@@ -143,3 +151,71 @@ def recall_metadata(recall: dict[str, dict]) -> dict:
 def recall_rows(recall: dict[str, dict]) -> list[dict]:
     return [{"split": split, **{name: (f"{value:.4f}" if isinstance(value, float) else value)
                                 for name, value in row.items()}} for split, row in recall.items()]
+
+
+@dg.asset_check(
+    asset=entity_index,
+    additional_deps=["entity_features", "mention_features"],  # in a run of all three, check after all three
+    blocking=True,
+    description="The entity index and the entity and mention features come from the same encoder (identity "
+    "and dimension), and the index holds every usable entity of the store with its current vectors.",
+)
+def index_matches_features(lake: LakeResource, clip: ClipResource) -> dg.AssetCheckResult:
+    store = lake.lake()
+    try:
+        index = EntityIndex.load(index_dir(store))
+        entities = feature_vectors(store, "entity_features")
+    except MELUserError as error:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(error))
+    mention_store = mention_store_name(clip.description_source)
+    try:
+        mentions = feature_vectors(store, mention_store)
+    except MELUserError:  # not materialized yet: the entity side is still worth checking
+        mentions = None
+    check = check_index_against_features(index, entities, mentions)
+    compared = ("entity and mention features" if mentions is not None
+                else f"entity features ({mention_store}: none yet)")
+    return dg.AssetCheckResult(
+        passed=check.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"The index matches the {compared}: one encoder, {check.indexed_entities} of "
+                     f"{check.usable_entities} usable entities indexed." if check.passed
+                     else "The index does not match the features: " + "; ".join(check.problems) + "."),
+        metadata={
+            "index_path": dg.MetadataValue.path(str(index_dir(store))),
+            "encoders": dg.MetadataValue.json(check.encoders),
+            "dims": dg.MetadataValue.json(check.dims),
+            "usable_entities": check.usable_entities,
+            "indexed_entities": check.indexed_entities,
+            "missing_entities": len(check.missing),
+            "outdated_entities": len(check.outdated),
+            "extra_entities": len(check.extra),
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in check.problems) or "none"),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=mention_candidates,
+    blocking=True,  # candidates that miss the gold cap linking accuracy: training on them is wasted
+    description="recall@100 (recall@K when K < 100) of every split is at least IndexResource.min_recall.",
+)
+def candidate_recall_floor(lake: LakeResource, index: IndexResource) -> dg.AssetCheckResult:
+    store = lake.lake()
+    stats = store.table_extra("mention_candidates")
+    floor = recall_floor(stats["recall"], stats["k"], index.min_recall)
+    shown = ", ".join(f"{split} {value:.3f}" for split, value in floor.recall.items())
+    return dg.AssetCheckResult(
+        passed=floor.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"recall@{floor.cutoff} at or above {floor.floor}: {shown}." if floor.passed else
+                     f"recall@{floor.cutoff} below the floor {floor.floor} on "
+                     f"{', '.join(sorted(floor.below))} ({shown}); see mention_candidates' recall_plot."),
+        metadata={
+            "cutoff": floor.cutoff,
+            "min_recall": float(floor.floor),
+            **{f"recall@{floor.cutoff}/{split}": float(value) for split, value in floor.recall.items()},
+            "splits_below": ", ".join(sorted(floor.below)) or "none",
+            "table": dg.MetadataValue.path(str(store.table_path("mention_candidates"))),
+        },
+    )

@@ -15,11 +15,12 @@ from assets.features import ClipResource
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import LakeResource, user_errors
 from pipeline.training.data import Inputs, mention_store_dir
-from pipeline.training.evaluate import PREDICTIONS_TABLE, evaluate_model, missing_test_predictions, png_markdown
+from pipeline.plots import png_markdown
+from pipeline.training.evaluate import PREDICTIONS_TABLE, evaluate_model, missing_test_predictions
 from pipeline.training.settings import HEAD_LR, UNIT_NAMES, TrainingSettings
 from pipeline.training.train import current_model, train_mmoe
 
-GROUP = "mmoe"
+GROUP = "model"
 DEFAULTS = TrainingSettings()
 EPOCH_COLUMNS = ["epoch", "loss", "loss_total", "loss_text", "loss_image", "loss_cross", "dev_mrr", "dev_hits@1",
                  "dev_hits@10", "seconds", "samples_per_second"]
@@ -144,7 +145,7 @@ def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: 
                for name in ("hits@1", "mrr")},
             "metrics": dg.MetadataValue.md(markdown_table([_rounded(row) for row in report.metrics], METRIC_COLUMNS)),
             "comparison_test": dg.MetadataValue.md(markdown_table([_rounded(row) for row in comparison])),
-            "rank_histogram": dg.MetadataValue.md(png_markdown(report.histogram_png())),
+            "rank_histogram": dg.MetadataValue.md(png_markdown(report.histogram_png(), "rank histogram")),
             "nil_mentions": dg.MetadataValue.json(report.nil_mentions),
             "entities_encoded": report.entities_encoded,
             "mentions_ranked": report.mentions_ranked,

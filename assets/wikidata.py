@@ -13,7 +13,7 @@ from assets.resources import DatasetResource, LakeResource, user_errors
 from pipeline.wikidata.api import DEFAULT_ENDPOINT, default_user_agent
 from pipeline.wikidata.stage import WikidataSettings, build_wikidata_candidates
 
-GROUP = "describe"
+GROUP = "enhance"
 COUNTS = (
     "mentions", "mentions_with_candidates", "mentions_without_candidates", "mentions_no_match",
     "mentions_failed_lookup", "mentions_empty_search", "mean_candidates_per_mention", "distinct_searches",
@@ -74,6 +74,7 @@ def wikidata_candidates(
             **table_metadata(candidates, store.table_path("wikidata_candidates"),
                              ["mention_id", "rank", "qid", "label", "description", "match"]),
             **{key: stats[key] for key in COUNTS if key in stats},
+            "cache_hit_rate": float(stats["cache_hit_rate"]),
             **{key: stats[key] for key in DUMP_COUNTS if stats.get(key) is not None},
             "source": stats["source"],
             "source_location": stats.get("dump_path") or stats.get("endpoint", ""),

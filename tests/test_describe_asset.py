@@ -42,6 +42,7 @@ def test_asset_shows_counts_accuracy_and_reuses_its_table(dataset, lake, smol_fo
     assert 0.0 <= shown["accuracy_llm_all"] <= 1.0 and shown["accuracy_first_hit_train"] == 1.0
     assert "| train |" in shown["accuracy"] and shown["mentions_per_second"] > 0
     assert metadata(second)["reused_stored_output"] is True and metadata(second)["llm_calls"] == 0
+    assert (shown["cache_hit_rate"], metadata(second)["cache_hit_rate"]) == (0.0, 1.0)
 
 
 def test_asset_without_candidates_table_fails_with_one_sentence(dataset, lake, smol_folder):

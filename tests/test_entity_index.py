@@ -9,6 +9,7 @@ import pytest
 from pipeline.errors import MELUserError
 from pipeline.index import EntityIndex, IndexSettings, ItemVectors, find_mention_candidates, update_entity_index
 from pipeline.index import faiss_index
+from pipeline.index.candidates import recall_by_split, recall_curves
 from pipeline.index.vectors import IMAGE_BROKEN, TEXT_NOT_FINITE, TEXT_ZERO, query_matrix, read_checked
 from pipeline.mimic import MENTIONS_SCHEMA
 
@@ -330,6 +331,17 @@ def test_candidates_rank_the_gold_and_report_recall_per_split(lake, indexed):
     assert recall["train"] == {"mentions_with_gold": 2, "recall@1": 1.0, "recall@5": 1.0}
     assert recall["test"] == {"mentions_with_gold": 3, "recall@1": 1 / 3, "recall@5": 1 / 3}
 
+
+
+def test_the_recall_curve_gives_recall_at_every_k_over_the_same_mentions():
+    table = pa.table({"split": ["dev", "dev", "dev", "dev", "test"], "gold_index": [1, 2, 3, None, 4],
+                      "gold_rank": pa.array([1, 3, None, None, 2], pa.int32())})  # dev: a miss and a nil
+
+    curves = recall_curves(table, k=4)
+
+    assert curves["dev"].tolist() == [1 / 3, 1 / 3, 2 / 3, 2 / 3]  # nil left out, the miss counts
+    assert curves["test"].tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert recall_by_split(table, 4)["dev"]["recall@4"] == curves["dev"][-1]
 
 def test_a_broken_mention_vector_gets_a_problem_row_and_counts_as_a_miss(lake, indexed):
     entities, index = indexed

@@ -5,6 +5,8 @@ feature stores through the feature store's own writer with vectors chosen by han
 recall and sync counts are known in advance and no encoder has to load.
 """
 
+import base64
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -45,6 +47,13 @@ def metadata_of(result, key):
 def data_version_of(result, key):
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]]
     return event.step_materialization_data.materialization.tags["dagster/data_version"]
+
+
+def png_of(markdown: str) -> bytes:
+    """The PNG that markdown metadata embeds as `![alt](data:image/png;base64,...)`."""
+    prefix = "](data:image/png;base64,"
+    assert markdown.startswith("![") and prefix in markdown and markdown.endswith(")")
+    return base64.b64decode(markdown.split(prefix, 1)[1][:-1])
 
 
 def failure_message(result):
@@ -131,6 +140,7 @@ def test_index_and_candidates_show_kind_counts_and_recall(world, instance):
     assert {name: candidates[name] for name in candidates if name.startswith("recall@1/")} == {
         "recall@1/train": 1.0, "recall@1/dev": 1.0, "recall@1/test": 1.0}
     assert "| split | mentions_with_gold | recall@1 | recall@10 |" in candidates["recall"]
+    assert png_of(candidates["recall_plot"]).startswith(b"\x89PNG")  # one line per split, shown inline
     assert candidates["queries_per_second"] > 0 and candidates["mentions_with_problems"] == 0
     table = world.lake.read_table("mention_candidates").to_pylist()
     assert {row["mention_id"]: row["candidates"][0] for row in table} == GOLD

@@ -91,6 +91,7 @@ def test_a_second_materialization_reuses_the_tables_without_reading_the_dump(dat
 
     before, after = metadata_of(first), metadata_of(second)
     assert after["reused_stored_output"] is True and after["dump_lines_read"] == 0
+    assert (before["cache_hit_rate"], after["cache_hit_rate"]) == (0.0, 1.0)  # cold, then nothing to look up
     assert after["dagster/row_count"] == before["dagster/row_count"]
     [first_event] = first.asset_materializations_for_node("wikidata_candidates")
     [second_event] = second.asset_materializations_for_node("wikidata_candidates")
@@ -128,6 +129,7 @@ def test_the_api_source_finishes_despite_a_failed_lookup_and_the_next_run_retrie
     assert not check.passed and check.metadata["failed_lookups"].value == 1
     assert after["reused_stored_output"] is False and second_searches == ["universe"]
     assert after["http_requests"] == 1 and after["cache_hits"] == 1 and after["failures"] == 0
+    assert after["cache_hit_rate"] == 0.5  # "jordan" from the cache, "universe" asked again
     assert after["mentions_with_candidates"] == 3
 
 
@@ -158,4 +160,4 @@ def test_definitions_with_the_asset_load():
     )
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("wikidata_candidates")).group_name == "describe"
+    assert graph.get(dg.AssetKey("wikidata_candidates")).group_name == "enhance"

@@ -35,7 +35,7 @@ from pipeline.describe.prompts import PROMPT_VERSION, Prompt, build_prompt
 from pipeline.describe.scoring import SCORING_RULE, choose
 from pipeline.errors import MELUserError
 from pipeline.hashing import FileHashCache, hash_strings, table_content_hash
-from pipeline.lake import Lake
+from pipeline.lake import Lake, cache_hit_rate
 
 TABLE = "mention_descriptions"
 DESCRIPTIONS_VERSION = "1"  # bump when the table changes for the same inputs and choices
@@ -105,7 +105,9 @@ def select_descriptions(
         if not force and lake.table_fingerprint(TABLE) == fingerprint:
             logger.info(f"Mentions, candidates and model unchanged (fingerprint {fingerprint[:12]}): "
                         "reusing the stored table.")
-            stats = {**lake.table_extra(TABLE), "llm_calls": 0, "cache_hits": 0, "prompts_scored": 0}
+            # No prompt is scored: every choice comes from the stored table, a hit rate of 1.
+            stats = {**lake.table_extra(TABLE), "llm_calls": 0, "cache_hits": 0, "prompts_scored": 0,
+                     "cache_hit_rate": 1.0}
             return DescriptionsReport(True, fingerprint, stats)
         mentions = lake.read_table("mentions", columns=list(MENTION_COLUMNS))
         table, stats = describe_mentions(lake, backend, identity, mentions, candidates, config.batch_size, logger)
@@ -146,6 +148,7 @@ def describe_mentions(lake: Lake, backend: ChoiceBackend, identity: str, mention
         **counts,
         **Counter(table.column("status").to_pylist()),
         **run,
+        "cache_hit_rate": cache_hit_rate(run["cache_hits"], run["prompts"]),
         "backend": backend.name,
         "model": identity,
         "choice_version": CHOICE_VERSION,

@@ -6,7 +6,7 @@
 """
 
 from pipeline.index.candidates import (
-    CANDIDATES_SCHEMA, CandidatesReport, check_compatible, find_mention_candidates, search_mentions,
+    CANDIDATES_SCHEMA, CandidatesReport, check_compatible, find_mention_candidates, recall_curves, search_mentions,
 )
 from pipeline.index.faiss_index import (
     EntityIndex, IndexReport, IndexSettings, SyncCounts, index_dir, update_entity_index,
@@ -15,6 +15,6 @@ from pipeline.index.vectors import COMBINATION_RULE, ItemVectors
 
 __all__ = [
     "CANDIDATES_SCHEMA", "COMBINATION_RULE", "CandidatesReport", "EntityIndex", "IndexReport", "IndexSettings",
-    "ItemVectors", "SyncCounts", "check_compatible", "find_mention_candidates", "index_dir", "search_mentions",
-    "update_entity_index",
+    "ItemVectors", "SyncCounts", "check_compatible", "find_mention_candidates", "index_dir", "recall_curves",
+    "search_mentions", "update_entity_index",
 ]

@@ -189,18 +189,28 @@ def recall_by_split(result: pa.Table, k: int) -> dict[str, dict]:
     Recall is reported at each of 1, 10, 50, 100 not above K, and at K itself.
     """
     cutoffs = sorted({c for c in RECALL_AT if c <= k} | {k})
-    ranks = np.array(result["gold_rank"].to_pylist(), dtype=float)  # NaN = gold not in the top K
-    has_gold = np.array([gold is not None for gold in result["gold_index"].to_pylist()], dtype=bool)
-    splits = np.array(result["split"].to_pylist(), dtype=object)
     report = {}
-    for split in sorted(set(splits)):
-        split_ranks = ranks[(splits == split) & has_gold]
+    for split, split_ranks in _gold_ranks_by_split(result).items():
         row: dict = {"mentions_with_gold": len(split_ranks)}
         for cutoff in cutoffs:
             hits = int((split_ranks <= cutoff).sum())  # NaN compares False: a miss
             row[f"recall@{cutoff}"] = hits / len(split_ranks) if len(split_ranks) else None
         report[split] = row
     return report
+
+
+def recall_curves(result: pa.Table, k: int) -> dict[str, np.ndarray]:
+    """{split: recall@n for n = 1..K} over the same mentions as ``recall_by_split`` (splits without one: left out)."""
+    return {split: np.array([(ranks <= n).mean() for n in range(1, k + 1)])
+            for split, ranks in _gold_ranks_by_split(result).items() if len(ranks)}
+
+
+def _gold_ranks_by_split(result: pa.Table) -> dict[str, np.ndarray]:
+    """The gold rank of every non-nil mention, per split; NaN = gold not in the top K (a miss)."""
+    ranks = np.array(result["gold_rank"].to_pylist(), dtype=float)
+    has_gold = np.array([gold is not None for gold in result["gold_index"].to_pylist()], dtype=bool)
+    splits = np.array(result["split"].to_pylist(), dtype=object)
+    return {split: ranks[(splits == split) & has_gold] for split in sorted(set(splits))}
 
 
 def _count(problems: list) -> dict[str, int]:

@@ -25,8 +25,6 @@ KB, cheap next to the matcher.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import time
@@ -41,7 +39,8 @@ from model import CheckpointConfigMismatch, load_checkpoint, ranking_metrics
 from pipeline.errors import MELUserError
 from pipeline.features.store import FeatureStore
 from pipeline.hashing import hash_file, hash_strings
-from pipeline.lake import Lake, atomic_path
+from pipeline.lake import Lake
+from pipeline.plots import new_figure, png_bytes, write_png
 from pipeline.training.baselines import MODALITIES, zero_shot_ranks
 from pipeline.training.data import Inputs, Mentions, store_keys
 from pipeline.training.scoring import EncodedEntities, Ranking, candidate_union, rank_mentions
@@ -410,11 +409,6 @@ def rank_bins(k: int) -> list[tuple[str, int, int]]:
 
 def write_histogram(path: Path, mmoe_ranks: np.ndarray, zero_shot_ranks_: np.ndarray, k: int) -> Path:
     """Bar chart of gold-rank bins (share of mentions): MMoE reranking next to zero-shot CLIP."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bins = rank_bins(k)
     labels = [label for label, _, _ in bins]
     x = np.arange(len(bins))
@@ -423,23 +417,12 @@ def write_histogram(path: Path, mmoe_ranks: np.ndarray, zero_shot_ranks_: np.nda
         ranks = np.asarray(ranks)
         return [float(((ranks >= low) & (ranks <= high)).mean()) if len(ranks) else 0.0 for _, low, high in bins]
 
-    figure, axes = plt.subplots(figsize=(7, 3.2), dpi=100)
+    figure, axes = new_figure()
     axes.bar(x - 0.2, shares(mmoe_ranks), width=0.4, label="MMoE rerank")
     axes.bar(x + 0.2, shares(zero_shot_ranks_), width=0.4, label="zero-shot CLIP (text+image)")
     axes.set_xticks(x, labels, rotation=30)
     axes.set_xlabel("rank of the gold entity (test split)")
     axes.set_ylabel("share of mentions")
     axes.legend(frameon=False)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temp:
-        temp.write_bytes(buffer.getvalue())
-    return path
-
-
-def png_markdown(png: bytes, alt: str = "rank histogram") -> str:
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return write_png(path, png_bytes(figure))
 

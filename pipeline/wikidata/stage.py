@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_strings, table_content_hash
-from pipeline.lake import Lake
+from pipeline.lake import Lake, cache_hit_rate
 from pipeline.wikidata.api import DEFAULT_ENDPOINT, WikidataAPIClient
 from pipeline.wikidata.cache import LookupCache
 from pipeline.wikidata.candidates import retrieve_candidates
@@ -138,14 +138,17 @@ def build_wikidata_candidates(
         if not force and _reusable(lake, fingerprint):
             logger.info(f"Mentions and source unchanged (fingerprint {fingerprint[:12]}), no failed lookups: "
                         f"reusing the stored tables.")
-            stats = {**lake.table_extra("wikidata_candidates"), **dict.fromkeys(RUN_COUNTERS, 0)}
+            # Nothing is looked up: every answer comes from stored results, a hit rate of 1.
+            stats = {**lake.table_extra("wikidata_candidates"), **dict.fromkeys(RUN_COUNTERS, 0),
+                     "cache_hit_rate": 1.0}
             _warn_about_truncation(stats, logger)
             return CandidatesReport(True, fingerprint, stats["content_hash"], stats)
         mentions = lake.read_table("mentions", columns=["mention_id", "mention"])
         result = retrieve_candidates(mentions, searcher, max_candidates=settings.max_candidates,
                                      language=settings.language, logger=logger)
     content_hash = table_content_hash(result.table)
-    stats = {**result.stats, "content_hash": content_hash, "seconds": round(time.monotonic() - started, 3)}
+    stats = {**result.stats, "content_hash": content_hash, "seconds": round(time.monotonic() - started, 3),
+             "cache_hit_rate": cache_hit_rate(result.stats["cache_hits"], result.stats["distinct_searches"])}
     _warn_about_truncation(stats, logger)
     lake.write_table("wikidata_failures", result.failures, fingerprint, extra=stats)
     lake.write_table("wikidata_candidates", result.table, fingerprint, extra=stats)
@@ -164,4 +167,3 @@ def _warn_about_truncation(stats: dict, logger) -> None:
         logger.warning(f"The WikiData dump {stats.get('dump_path')} is truncated after "
                        f"{stats['dump_truncated_after_lines']:,} lines ({stats.get('dump_truncation')}); "
                        f"items after that point cannot be found. Replace the file to re-index it.")
-
