@@ -11,7 +11,7 @@ from assets.metadata import markdown_table, table_metadata
 from assets.resources import LakeResource, user_errors
 from pipeline.describe.backends import LLMConfig
 from pipeline.describe.measure import METHODS, accuracy_rows
-from pipeline.describe.select import STATUSES, TABLE, select_descriptions
+from pipeline.describe.select import CHOICE_VERSION, DESCRIPTIONS_VERSION, STATUSES, TABLE, select_descriptions
 
 GROUP = "enhance"
 
@@ -46,6 +46,7 @@ class LLMResource(dg.ConfigurableResource):
 
 @dg.asset(
     deps=["mentions", "wikidata_candidates"],
+    code_version=f"{DESCRIPTIONS_VERSION}/{CHOICE_VERSION}",
     group_name=GROUP,
     kinds={"parquet", "duckdb"},
     pool="gpu",

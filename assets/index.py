@@ -23,7 +23,10 @@ from pipeline.index import (
     recall_curves,
     update_entity_index,
 )
+from pipeline.index.candidates import CANDIDATES_VERSION
 from pipeline.index.checks import check_index_against_features, recall_floor
+from pipeline.index.faiss_index import INDEX_FORMAT
+from pipeline.index.vectors import COMBINATION_VERSION
 from pipeline.lake import Lake
 from pipeline.plots import png_markdown, recall_curve_png
 
@@ -60,6 +63,7 @@ class IndexResource(dg.ConfigurableResource):
     deps=["entity_features"],
     group_name=GROUP,
     kinds={"faiss"},
+    code_version=f"{INDEX_FORMAT}/{COMBINATION_VERSION}",
     description="FAISS inner-product index over the combined text+image vectors of the KB (ids = KB indices): "
     "exact below a size threshold, IVF above; kept in sync with the entity features by removing and adding "
     "only the entities whose vectors changed.",
@@ -104,6 +108,7 @@ def entity_index(context: dg.AssetExecutionContext, lake: LakeResource, index: I
     deps=["entity_index", "mention_features", "mentions"],
     group_name=GROUP,
     kinds={"faiss", "parquet"},
+    code_version=CANDIDATES_VERSION,
     description="Top-K KB indices and scores per mention (every split, nil included) from the entity index, "
     "with the rank of the gold entity and recall@K per split.",
 )

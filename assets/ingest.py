@@ -7,7 +7,7 @@ import dagster as dg
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import DatasetResource, LakeResource, user_errors
 from pipeline.hashing import stat_fingerprint, table_content_hash
-from pipeline.mimic import DatasetLayout, ingest_dataset
+from pipeline.mimic import INGEST_VERSION, DatasetLayout, ingest_dataset
 
 GROUP = "ingest"
 
@@ -15,15 +15,15 @@ GROUP = "ingest"
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "mentions", group_name=GROUP, kinds={"parquet"},
+            "mentions", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION,
             description="One row per usable mention: split, text, image, gold QID and KB index (nil kept, flagged).",
         ),
         dg.AssetSpec(
-            "entities", group_name=GROUP, kinds={"parquet"},
+            "entities", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION,
             description="One row per usable KB entity: index, QID, name, description, usable image paths.",
         ),
         dg.AssetSpec(
-            "quarantine", group_name=GROUP, kinds={"parquet"},
+            "quarantine", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION,
             description="Every record or image that could not be used, with file, record and reason.",
         ),
     ],

@@ -14,11 +14,11 @@ from pydantic import Field
 from assets.features import ClipResource
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import LakeResource, user_errors
-from pipeline.training.data import Inputs, mention_store_dir
 from pipeline.plots import png_markdown
-from pipeline.training.evaluate import PREDICTIONS_TABLE, evaluate_model, missing_test_predictions
+from pipeline.training.data import Inputs, mention_store_dir
+from pipeline.training.evaluate import EVALUATION_VERSION, PREDICTIONS_TABLE, evaluate_model, missing_test_predictions
 from pipeline.training.settings import HEAD_LR, UNIT_NAMES, TrainingSettings
-from pipeline.training.train import current_model, train_mmoe
+from pipeline.training.train import TRAINING_VERSION, current_model, train_mmoe
 
 GROUP = "model"
 DEFAULTS = TrainingSettings()
@@ -76,6 +76,7 @@ def _inputs(lake, clip: ClipResource) -> Inputs:
 @dg.asset(
     deps=["entity_features", "mention_features", "mention_candidates", "mentions"],
     group_name=GROUP,
+    code_version=TRAINING_VERSION,
     kinds={"pytorch", "safetensors"},
     pool="gpu",
     description="The MMoE matcher trained on the cached CLIP features (in-batch + FAISS hard negatives, early "
@@ -119,6 +120,7 @@ def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: 
 @dg.asset(
     deps=["mmoe_model", "mention_candidates", "entity_features", "mention_features", "mentions"],
     group_name=GROUP,
+    code_version=EVALUATION_VERSION,
     kinds={"pytorch", "parquet"},
     pool="gpu",
     description="Dev and test mentions ranked by the trained matcher (FAISS top-K reranked; optionally the full "

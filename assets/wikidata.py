@@ -11,7 +11,7 @@ from pydantic import Field
 from assets.metadata import markdown_table, preview, table_metadata
 from assets.resources import DatasetResource, LakeResource, user_errors
 from pipeline.wikidata.api import DEFAULT_ENDPOINT, default_user_agent
-from pipeline.wikidata.stage import WikidataSettings, build_wikidata_candidates
+from pipeline.wikidata.stage import CANDIDATES_VERSION, WikidataSettings, build_wikidata_candidates
 
 GROUP = "enhance"
 COUNTS = (
@@ -52,6 +52,7 @@ class WikidataResource(dg.ConfigurableResource):
 
 @dg.asset(
     deps=["mentions"],
+    code_version=CANDIDATES_VERSION,
     group_name=GROUP,
     kinds={"duckdb", "parquet"},
     description="Up to N WikiData items per mention (QID, label, description, rank, match, source), from a "

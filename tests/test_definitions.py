@@ -10,6 +10,7 @@ GROUPS = {
     "features": {"entity_features", "mention_features"},
     "index": {"entity_index", "mention_candidates"},
     "model": {"mmoe_model", "evaluation"},
+    "linking": {"links"},
 }
 
 
@@ -30,3 +31,11 @@ def test_every_asset_has_a_description_a_person_can_read():
     for key in graph.get_all_asset_keys():
         description = graph.get(key).description or ""
         assert len(description.split()) >= 8, f"{key.to_user_string()} has no real description: {description!r}"
+
+
+def test_staleness_follows_the_stages_code_versions():
+    """Every stored stage says which version of its code wrote it, so "unsynced" in the UI means something.
+    The feature assets are versioned by their encoder identity in the data version instead."""
+    graph = defs.resolve_asset_graph()
+    unversioned = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).code_version is None}
+    assert unversioned == {"entity_features", "mention_features"}
