@@ -85,6 +85,16 @@ def lake(tmp_path) -> Lake:
 
 
 @pytest.fixture(scope="module")
+def instance():
+    """One Dagster instance for a module (runs of different lakes do not interact); a module that needs a fresh
+    one per test defines its own `instance` fixture."""
+    import dagster as dg
+
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture(scope="module")
 def single_torch_thread():
     """Tiny tensors: one thread is fastest, and immune to a busy second core. Module scope, so that a module's
     fixtures that train run under it too; modules ask for it with `pytestmark = usefixtures(...)`."""

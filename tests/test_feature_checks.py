@@ -26,12 +26,6 @@ def run_checks(lake, instance):
     return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
 
 
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 @pytest.fixture
 def world(dataset, lake):
     return World(dataset, lake)

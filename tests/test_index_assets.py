@@ -98,13 +98,6 @@ class World:
                     [True, True, False], encoder)
 
 
-@pytest.fixture(scope="module")
-def instance():
-    """One Dagster instance for the module: each test has its own lake, so runs do not interact."""
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 @pytest.fixture
 def world(dataset, lake):
     world = World(dataset, lake)

@@ -30,12 +30,6 @@ def evaluations(result):
     return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
 
 
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 @pytest.fixture
 def world(dataset, lake):
     world = World(dataset, lake)
