@@ -206,6 +206,34 @@ def test_two_partitions_link_at_once_in_two_processes(world, tmp_path):
         assert sum(1 for row in linked if row["partition"] == key) == 3
 
 
+def test_a_partition_links_while_the_kb_is_re_embedded_in_another_process(world, tmp_path):
+    """The schedule's job re-encodes every entity (force) while a partition links against the same stores and
+    index: the reader sees one committed generation, the writer replaces it, neither fails."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MEL_HOME": str(world.lake.root),
+           "MEL_DATASET_DIR": str(world.dataset)}
+    world.drop("batch-r.json", renamed(world.dev_records[6:9], "r"))
+    with dg.DagsterInstance.from_config(str(home)) as shared:
+        shared.add_dynamic_partitions("inbox_files", ["batch-r.json"])
+    config = tmp_path / "reembed.json"  # the world's settings, so that nothing but the encoding is redone
+    config.write_text(json.dumps({
+        "ops": {"entity_features": {"config": {"force": True}}},
+        "resources": {"training": {"config": SMALL_TRAINING}, "index": {"config": {"top_k": 30}},
+                      "clip": {"config": {"num_workers": 0}}}}))
+    dagster = str(Path(sys.executable).parent / "dagster")
+    reembed = subprocess.Popen([dagster, "job", "execute", "-m", "assets.definitions", "-j", "refresh_kb_features",
+                                "-c", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    link = subprocess.Popen([dagster, "asset", "materialize", "-m", "assets.definitions", "--select", "links",
+                             "--partition", "batch-r.json"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    outputs = [process.communicate(timeout=900)[0] for process in (reembed, link)]
+
+    assert [reembed.returncode, link.returncode] == [0, 0], [out[-3000:] for out in outputs]
+    assert sum(1 for row in read_links(world.lake).to_pylist() if row["partition"] == "batch-r.json") == 3
+
+
 def test_ten_new_kb_entities_are_linkable_without_retraining(world, instance):
     runs_before = sorted((world.lake.root / "mmoe" / "runs").iterdir())
     kb_images = world.dataset / "kb_image"
