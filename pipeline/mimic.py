@@ -99,7 +99,7 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
-KB_CHANGES_DIR = "inbox/kb"  # KB changes: records {"op": "upsert" | "remove", ...}, see _Reader.read_kb_changes
+KB_CHANGES_DIR = "inbox/kb"  # KB changes: records {"op": "upsert" | "remove", ...}, see _Reader._apply_kb_changes
 KB_CHANGE_OPS = ("upsert", "remove")
 REQUIRED_MENTION_FIELDS = ("id", "sentence", "mentions", "answer")
 REQUIRED_ENTITY_FIELDS = ("id", "entity_name")
