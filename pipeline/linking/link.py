@@ -264,9 +264,14 @@ def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: 
     k = training.rerank_k
     mention_ids = batch.mentions.column("mention_id").to_pylist()
     content_key = dict(zip(store.ids.tolist(), store.content_keys.to_pylist()))
-    keys = [hash_strings([model["fingerprint"], str(k), content_key.get(mention_id, ""),
-                          *[f"{c}={index.keys.get(int(c), '')}" for c in candidates[:k]]])
-            for mention_id, candidates in zip(mention_ids, found.candidates)]
+    columns = batch.mentions.to_pydict()
+    golds = [gold if labelled else None for gold, labelled in zip(columns["gold_qid"], batch.labelled)]
+    # What a row is made of: the model, the mention's features (text and image), its record, and its candidates
+    # with their index content keys.
+    keys = [hash_strings([model["fingerprint"], str(k), content_key.get(mention_id, ""), golds[i] or "",
+                          str(columns["record_index"][i]), *batch.notes.get(mention_id, []),
+                          *[f"{c}={index.keys.get(int(c), '')}" for c in found.candidates[i][:k]]])
+            for i, mention_id in enumerate(mention_ids)]
     stored = _stored_rows(lake, batch.key)
     todo = [i for i, (mention_id, key) in enumerate(zip(mention_ids, keys))
             if stored.get(mention_id, {}).get("link_key") != key]
@@ -276,7 +281,6 @@ def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: 
                     f"candidates and model); reranking {len(todo)}.")
     fresh = _rank(batch, model, entities, store, found, todo, settings, logger) if todo else {}
     names = _entity_names(lake)
-    columns = batch.mentions.to_pydict()
     rows = []
     for i, mention_id in enumerate(mention_ids):
         if i not in fresh:
@@ -285,7 +289,7 @@ def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: 
         ranking = fresh[i]
         notes = batch.notes.get(mention_id, [])
         problem = "; ".join([p for p in (ranking["problem"],) if p] + notes) or None
-        gold_qid = columns["gold_qid"][i] if batch.labelled[i] else None
+        gold_qid = golds[i]
         top = [dict(kb_index=int(kb), qid=names.get(int(kb), (None, None))[0], name=names.get(int(kb), (None, None))[1],
                     **scores) for kb, scores in ranking["top"]]
         rows.append(dict(
@@ -357,6 +361,7 @@ def _stored_rows(lake: Lake, key: str) -> dict[str, dict]:
 
 
 def _entity_names(lake: Lake) -> dict[int, tuple[str, str]]:
+    """KB index -> (QID, name), for the rows a person reads."""
     table = lake.read_table("entities", columns=["kb_index", "qid", "name"])
     return {int(k): (q, n) for k, q, n in zip(*(table.column(c).to_pylist() for c in ("kb_index", "qid", "name")))}
 
