@@ -111,10 +111,10 @@ link_job = dg.define_asset_job(
 def inbox_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, dataset: DatasetResource,
                  inbox: InboxResource):
     """New complete inbox files become partitions, each linked by a run of its own."""
-    root = dataset.configured_dir() or lake.lake().demo_dataset_dir
-    listing = list_inbox(root)
-    # Content hashes already linked: from the cursor, and from the links table for a sensor started afresh.
-    cursor = json.loads(context.cursor) if context.cursor else {"seen": {}, "hashes": linked_file_hashes(lake.lake())}
+    store = lake.lake()
+    listing = list_inbox(dataset.configured_dir() or store.demo_dataset_dir)
+    cursor = json.loads(context.cursor) if context.cursor else {"seen": {}, "hashes": {}}
+    linked = linked_file_hashes(store)  # content hash -> partition, for files whose links are in the lake
     known = set(context.instance.get_dynamic_partitions(PARTITIONS.name))
     new_keys, requests, notes = [], [], []
     for item in listing.files:
@@ -126,18 +126,17 @@ def inbox_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, datase
             continue
         digest = hash_file(item.path)
         cursor["seen"][item.key] = [item.size, item.mtime_ns, digest]
-        owner = cursor["hashes"].get(digest)
+        owner = linked.get(digest) or cursor["hashes"].get(digest)
         if owner is not None and owner != item.key:
-            notes.append(f"{item.key} has the same content as {owner}, linked before: not linked again.")
-            continue
-        if owner == item.key:  # touched, or linked before this sensor's cursor began: its links stand
-            if item.key not in known:
-                new_keys.append(item.key)
+            notes.append(f"{item.key} has the same content as {owner}: not linked again.")
             continue
         cursor["hashes"][digest] = item.key
         if item.key not in known:
             new_keys.append(item.key)
-        requests.append(dg.RunRequest(partition_key=item.key, run_key=f"{item.key}:{digest}"))
+        if linked.get(digest) == item.key:
+            continue  # touched, or linked before this sensor's cursor began: its links stand
+        # The mtime in the run key lets a touched file retry a run that failed (e.g. before a model existed).
+        requests.append(dg.RunRequest(partition_key=item.key, run_key=f"{item.key}:{digest}:{item.mtime_ns}"))
     notes += [f"{name} is ignored: {why}." for name, why in listing.ignored.items()]
     for note in notes:
         context.log.info(note)

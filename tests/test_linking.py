@@ -171,7 +171,7 @@ def test_a_malformed_file_fails_its_own_partition_with_one_sentence(world, insta
     os.utime(broken, (old, old))
     world.drop("batch-good.json", renamed(world.test_records[10:12], "g"))
 
-    result, _ = world.tick(instance, linking.inbox_sensor)
+    result, cursor = world.tick(instance, linking.inbox_sensor)
     runs = {request.partition_key: world.run(instance, request) for request in result.run_requests}
 
     assert runs["batch-good.json"].success
@@ -179,6 +179,11 @@ def test_a_malformed_file_fails_its_own_partition_with_one_sentence(world, insta
     [failure] = [e for e in runs["batch-bad.json"].all_events if e.is_step_failure]
     message = failure.step_failure_data.error.message
     assert "batch-bad.json cannot be read as mention records" in message and "Traceback" not in message
+
+    os.utime(broken, (old + 1, old + 1))  # touched: a file whose run failed is tried again, a linked one is not
+    os.utime(world.dataset / "inbox" / "batch-good.json", (old + 1, old + 1))
+    retry, _ = world.tick(instance, linking.inbox_sensor, cursor)
+    assert [r.partition_key for r in retry.run_requests] == ["batch-bad.json"]
 
 
 def test_two_partitions_link_at_once_in_two_processes(world, tmp_path):
