@@ -27,7 +27,10 @@ def preview(table: pa.Table, rows: int = 10, columns: list[str] | None = None) -
 
 
 def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+    """The table's columns for the UI, with the description a field carries in its metadata, if any."""
+    return dg.TableSchema(columns=[
+        dg.TableColumn(f.name, str(f.type), description=(f.metadata or {}).get(b"description", b"").decode() or None)
+        for f in schema])
 
 
 def table_metadata(table: pa.Table, path: Path, preview_columns: list[str] | None = None) -> dict:

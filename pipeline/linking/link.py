@@ -55,34 +55,38 @@ STATUSES = ("linked", "unscored", "rejected")
 
 log = logging.getLogger(__name__)
 
+def _column(name: str, type_: pa.DataType, description: str = "") -> pa.Field:
+    return pa.field(name, type_, metadata={"description": description} if description else None)
+
+
 TOP_ENTITY = pa.struct([
     ("kb_index", pa.int64()), ("qid", pa.string()), ("name", pa.string()), ("score", pa.float32()),
     ("text_score", pa.float32()), ("image_score", pa.float32()), ("cross_score", pa.float32()),
 ])
 
-LINKS_SCHEMA = pa.schema([
-    ("partition", pa.string()),  # the inbox file name
-    ("mention_id", pa.string()),  # "<file>:<record id>"; null for a record without a usable id
-    ("record_id", pa.string()),
-    ("record_index", pa.int64()),  # position in the file
-    ("status", pa.string()),  # linked | unscored | rejected
-    ("problem", pa.string()),  # why unscored or rejected, and notes (image, unknown answer); null when none
-    ("mention", pa.string()),
-    ("sentence", pa.string()),
-    ("description", pa.string()),  # the WikiData description appended to the mention text, if any
-    ("gold_qid", pa.string()),  # the answer, when it is a KB QID
-    ("gold_rank", pa.int32()),  # 1-based among the reranked K; K + 1 = outside; null without a gold
-    ("correct", pa.bool_()),  # top entity == gold; null without a gold
-    ("top_entities", pa.list_(TOP_ENTITY)),  # best first, at most 10
-    ("routing", pa.string()),  # JSON: the experts each of the mention's sequences was routed to
-    ("link_key", pa.string()),  # what the row depends on (reuse after a KB change)
-    ("model", pa.string()),  # fingerprint of the trained model
-    ("checkpoint", pa.string()),
-    ("encoder", pa.string()),  # JSON identity of the CLIP encoder
-    ("index", pa.string()),  # fingerprint of the entity index
-    ("source_file", pa.string()),
-    ("file_hash", pa.string()),
-    ("linked_at", pa.string()),
+LINKS_SCHEMA = pa.schema([  # each column's description shows in the UI's column schema
+    _column("partition", pa.string(), "the inbox file name"),
+    _column("mention_id", pa.string(), "<file>:<record id>; null for a record without a usable id"),
+    _column("record_id", pa.string(), "the record's id in the file"),
+    _column("record_index", pa.int64(), "position in the file"),
+    _column("status", pa.string(), "linked | unscored | rejected"),
+    _column("problem", pa.string(), "why unscored or rejected, and notes (image, unknown answer); null when none"),
+    _column("mention", pa.string(), "the mention string"),
+    _column("sentence", pa.string(), "the sentence it occurs in"),
+    _column("description", pa.string(), "the WikiData description appended to the mention text, if any"),
+    _column("gold_qid", pa.string(), "the answer, when it is a KB QID"),
+    _column("gold_rank", pa.int32(), "1-based among the reranked K; K + 1 = outside; null without a gold"),
+    _column("correct", pa.bool_(), "top entity == gold; null without a gold"),
+    _column("top_entities", pa.list_(TOP_ENTITY), "best first, at most 10"),
+    _column("routing", pa.string(), "JSON: the experts each of the mention's sequences was routed to"),
+    _column("link_key", pa.string(), "what the row depends on (reuse after a KB change)"),
+    _column("model", pa.string(), "fingerprint of the trained model"),
+    _column("checkpoint", pa.string(), "the model's checkpoint folder"),
+    _column("encoder", pa.string(), "JSON identity of the CLIP encoder"),
+    _column("index", pa.string(), "fingerprint of the entity index"),
+    _column("source_file", pa.string(), "inbox/<file>, relative to the dataset"),
+    _column("file_hash", pa.string(), "content hash of the file when it was linked"),
+    _column("linked_at", pa.string(), "UTC time of the link, ISO 8601"),
 ])
 
 
