@@ -9,12 +9,12 @@ from pipeline.index.candidates import (
     CANDIDATES_SCHEMA, CandidatesReport, check_compatible, find_mention_candidates, recall_curves, search_mentions,
 )
 from pipeline.index.faiss_index import (
-    EntityIndex, IndexReport, IndexSettings, SyncCounts, index_dir, update_entity_index,
+    EntityIndex, IndexReport, IndexSettings, SyncCounts, index_dir, read_index_config, update_entity_index,
 )
 from pipeline.index.vectors import COMBINATION_RULE, ItemVectors
 
 __all__ = [
     "CANDIDATES_SCHEMA", "COMBINATION_RULE", "CandidatesReport", "EntityIndex", "IndexReport", "IndexSettings",
     "ItemVectors", "SyncCounts", "check_compatible", "find_mention_candidates", "index_dir", "recall_curves",
-    "search_mentions", "update_entity_index",
+    "read_index_config", "search_mentions", "update_entity_index",
 ]

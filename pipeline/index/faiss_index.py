@@ -338,6 +338,13 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
         pq.write_table(table, temp)
 
 
+def read_index_config(directory: Path) -> dict | None:
+    """The committed index's config (encoder, dims, fingerprint, generation), or None when there is none:
+    what a reader needs to know about the index without loading it."""
+    path = Path(directory) / CONFIG_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def _committed_generation(directory: Path) -> str | None:
     try:
         return json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))["generation"]

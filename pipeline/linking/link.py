@@ -37,7 +37,7 @@ from pipeline.errors import MELUserError
 from pipeline.features import FeatureStore, mention_items_of, mention_store_name, store_dir
 from pipeline.hashing import hash_strings
 from pipeline.index import (
-    EntityIndex, IndexSettings, ItemVectors, check_compatible, index_dir, search_mentions,
+    EntityIndex, IndexSettings, ItemVectors, check_compatible, index_dir, read_index_config, search_mentions,
 )
 from pipeline.lake import Lake
 from pipeline.linking.inbox import InboxBatch, read_inbox_file
@@ -130,10 +130,9 @@ def read_links(lake: Lake) -> pa.Table:
 def linking_state(lake: Lake) -> dict:
     """The model and index that links are made with now; a partition made with others is out of date."""
     model = current_model(lake)
-    config_path = index_dir(lake) / "index.json"
-    if not config_path.is_file():
+    index = read_index_config(index_dir(lake))
+    if index is None:
         raise MELUserError(f"There is no entity index at {index_dir(lake)}; materialize entity_index first.")
-    index = json.loads(config_path.read_text(encoding="utf-8"))
     return {"model": model["fingerprint"], "index": index["fingerprint"]}
 
 

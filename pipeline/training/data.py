@@ -40,7 +40,7 @@ from pipeline.errors import MELUserError
 from pipeline.features import mention_store_name, store_dir
 from pipeline.features.store import FeatureBatch, FeatureStore
 from pipeline.hashing import hash_strings
-from pipeline.index.faiss_index import CONFIG_NAME, index_dir
+from pipeline.index.faiss_index import index_dir, read_index_config
 from pipeline.lake import Lake
 
 CANDIDATES_TABLE = "mention_candidates"
@@ -133,7 +133,7 @@ class Inputs:
         """
         entities = FeatureStore.open(entity_store or entity_store_dir(lake))
         mentions_store = FeatureStore.open(mention_store or mention_store_dir(lake))
-        check_same_encoder(entities, mentions_store, _index_config(lake))
+        check_same_encoder(entities, mentions_store, read_index_config(index_dir(lake)))
         table = _read_table(lake, "mentions", ["mention_id", "split", "gold_index", "is_nil"])
         candidates = _read_table(lake, CANDIDATES_TABLE, ["mention_id", "candidates", "problem"])
         mentions = _join(table, candidates, entities, mentions_store)
@@ -146,11 +146,6 @@ def _read_table(lake: Lake, name: str, columns: list[str]):
         raise MELUserError(f"The {name} table has not been materialized yet (no file at {lake.table_path(name)}); "
                            f"materialize {name} first.")
     return lake.read_table(name, columns=columns)
-
-
-def _index_config(lake: Lake) -> dict | None:
-    path = index_dir(lake) / CONFIG_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def check_same_encoder(entities: FeatureStore, mentions: FeatureStore, index_config: dict | None) -> None:
