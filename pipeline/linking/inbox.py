@@ -139,7 +139,7 @@ def read_inbox_file(lake: Lake, dataset_dir: Path | str, key: str) -> InboxBatch
     return InboxBatch(
         key=key, file_hash=file_hash, mentions=table,
         labelled=[record_id in labelled_ids for record_id in record_ids],
-        notes={f"{key}:{record_id}": found for record_id, found in notes.items() if record_id in set(record_ids)},
+        notes={f"{key}:{record_id}": notes[record_id] for record_id in record_ids if record_id in notes},
         rejected=rejected, records=len(records) + len(broken),
     )
 

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.describe.backends import LLMConfig
 from pipeline.describe.select import choice_backend, describe_mentions
@@ -41,7 +40,7 @@ from pipeline.index import (
 )
 from pipeline.lake import Lake
 from pipeline.linking.inbox import InboxBatch, read_inbox_file
-from pipeline.training.data import Mentions, kb_rows
+from pipeline.training.data import Mentions, kb_rows, rows_or_missing, store_keys
 from pipeline.training.evaluate import load_matcher
 from pipeline.training.scoring import TOP_SAVED, rank_mentions
 from pipeline.training.settings import TrainingSettings
@@ -189,7 +188,7 @@ def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: Lin
                   source_file=f"inbox/{key}", file_hash=batch.file_hash,
                   linked_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     table = pa.Table.from_pylist([{**common, **row} for row in rows], schema=LINKS_SCHEMA)
-    stats.update(_accuracy(table), seconds=round(time.perf_counter() - started, 3),
+    stats.update(_accuracy(table.column("correct").to_pylist()), seconds=round(time.perf_counter() - started, 3),
                  statuses={status: table.column("status").to_pylist().count(status) for status in STATUSES})
     path = lake.write_table(name, table, fingerprint, extra={"stats": stats, "state": state,
                                                              "file_hash": batch.file_hash})
@@ -266,15 +265,15 @@ def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: 
     training = settings.training
     k = training.rerank_k
     mention_ids = batch.mentions.column("mention_id").to_pylist()
-    content_key = dict(zip(store.ids.tolist(), store.content_keys.to_pylist()))
+    mention_rows = rows_or_missing(store, np.asarray(mention_ids, dtype=str))
     columns = batch.mentions.to_pydict()
     golds = [gold if labelled else None for gold, labelled in zip(columns["gold_qid"], batch.labelled)]
     # What a row is made of: the model, the mention's features (text and image), its record, and its candidates
     # with their index content keys.
-    keys = [hash_strings([model["fingerprint"], str(k), content_key.get(mention_id, ""), golds[i] or "",
+    keys = [hash_strings([model["fingerprint"], str(k), feature_key, golds[i] or "",
                           str(columns["record_index"][i]), *batch.notes.get(mention_id, []),
                           *[f"{c}={index.keys.get(int(c), '')}" for c in found.candidates[i][:k]]])
-            for i, mention_id in enumerate(mention_ids)]
+            for i, (mention_id, feature_key) in enumerate(zip(mention_ids, store_keys(store, mention_rows)))]
     stored = _stored_rows(lake, batch.key)
     todo = [i for i, (mention_id, key) in enumerate(zip(mention_ids, keys))
             if stored.get(mention_id, {}).get("link_key") != key]
@@ -282,7 +281,7 @@ def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: 
     if len(mention_ids) - len(todo):
         logger.info(f"{batch.key}: {len(mention_ids) - len(todo)} mentions keep their links (same features, "
                     f"candidates and model); reranking {len(todo)}.")
-    fresh = _rank(batch, model, entities, store, found, todo, settings, logger) if todo else {}
+    fresh = _rank(batch, model, entities, store, mention_rows, found, todo, settings, logger) if todo else {}
     names = _entity_names(lake)
     rows = []
     for i, mention_id in enumerate(mention_ids):
@@ -293,8 +292,8 @@ def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: 
         notes = batch.notes.get(mention_id, [])
         problem = "; ".join([p for p in (ranking["problem"],) if p] + notes) or None
         gold_qid = golds[i]
-        top = [dict(kb_index=int(kb), qid=names.get(int(kb), (None, None))[0], name=names.get(int(kb), (None, None))[1],
-                    **scores) for kb, scores in ranking["top"]]
+        top = [dict(kb_index=int(kb), qid=names.get(int(kb), (None, None))[0],
+                    name=names.get(int(kb), (None, None))[1], **scores) for kb, scores in ranking["top"]]
         rows.append(dict(
             mention_id=mention_id, record_id=columns["record_id"][i], record_index=columns["record_index"][i],
             status="linked" if top else "unscored", problem=problem, mention=columns["mention"][i],
@@ -309,8 +308,8 @@ _MENTION_FIELDS = ("mention_id", "record_id", "record_index", "status", "problem
                    "description", "gold_qid", "gold_rank", "correct", "top_entities", "routing", "link_key")
 
 
-def _rank(batch: InboxBatch, model: dict, entities: FeatureStore, store: FeatureStore, found: _Found,
-          todo: list[int], settings: LinkSettings, logger) -> dict[int, dict]:
+def _rank(batch: InboxBatch, model: dict, entities: FeatureStore, store: FeatureStore, mention_rows: np.ndarray,
+          found: _Found, todo: list[int], settings: LinkSettings, logger) -> dict[int, dict]:
     """Rerank the FAISS candidates of the mention rows `todo` with the trained matcher."""
     training = settings.training
     device = training.torch_device()
@@ -319,7 +318,6 @@ def _rank(batch: InboxBatch, model: dict, entities: FeatureStore, store: Feature
     mention_ids = np.asarray(batch.mentions.column("mention_id").to_pylist(), dtype=str)
     gold = np.asarray([g if g is not None and labelled else -1 for g, labelled in
                        zip(batch.mentions.column("gold_index").to_pylist(), batch.labelled)], dtype=np.int64)
-    row_of = {item: row for row, item in enumerate(store.ids.tolist())}
     candidate_rows, problems = [], []
     for candidates, problem in zip(found.candidates, found.problems):
         rows = kb_row.lookup(candidates)
@@ -329,12 +327,12 @@ def _rank(batch: InboxBatch, model: dict, entities: FeatureStore, store: Feature
         problems.append(problem)
     mentions = Mentions(
         ids=mention_ids, split=np.full(len(mention_ids), "inbox"), is_nil=gold < 0, gold_index=gold,
-        mention_row=np.asarray([row_of.get(m, -1) for m in mention_ids.tolist()], dtype=np.int64),
+        mention_row=mention_rows,
         gold_row=np.where(gold >= 0, kb_row.lookup(gold), -1), candidates=candidate_rows,
         candidate_problem=problems)
     ranking = rank_mentions(matcher, mentions, store, entities, np.asarray(todo, dtype=np.int64), device,
                             training.rerank_k, batch_size=training.eval_batch_size)
-    kb_index = entities.ids.astype(np.int64)
+    kb_index = kb_row.kb_index
     out = {}
     for i, position in enumerate(ranking.positions.tolist()):
         top_rows = ranking.top_rows[i][:TOP_SAVED]
@@ -376,17 +374,16 @@ def _rejected_rows(batch: InboxBatch) -> list[dict]:
             for row in batch.rejected]
 
 
-def _accuracy(table: pa.Table) -> dict:
-    correct = [c for c in table.column("correct").to_pylist() if c is not None]
-    return {"labelled": len(correct), "correct": sum(correct),
-            "accuracy": round(sum(correct) / len(correct), 4) if correct else None}
+def _accuracy(correct: list) -> dict:
+    """Hits@1 over the labelled rows (`correct` is null for the others)."""
+    labelled = [value for value in correct if value is not None]
+    return {"labelled": len(labelled), "correct": sum(labelled),
+            "accuracy": round(sum(labelled) / len(labelled), 4) if labelled else None}
 
 
 def running_accuracy(lake: Lake) -> dict:
     """Hits@1 over every labelled mention of every linked partition."""
-    folder = lake.root / "tables" / TABLE_DIR
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    correct = [c for path in files for c in pq.read_table(path, columns=["correct"]).column("correct").to_pylist()
-               if c is not None]
-    return {"partitions": len(files), "labelled": len(correct), "correct": sum(correct),
-            "accuracy": round(sum(correct) / len(correct), 4) if correct else None}
+    keys = linked_partitions(lake)
+    correct = [value for key in keys
+               for value in lake.read_table(f"{TABLE_DIR}/{key}", columns=["correct"]).column("correct").to_pylist()]
+    return {"partitions": len(keys), **_accuracy(correct)}

@@ -182,7 +182,7 @@ def _join(table, candidates, entities: FeatureStore, mention_store: FeatureStore
     gold = np.asarray([-1 if g is None else g for g in table.column("gold_index").to_pylist()], dtype=np.int64)
     is_nil = np.asarray(table.column("is_nil").to_pylist(), dtype=bool)
     kb_row = kb_rows(entities)
-    mention_row = _rows_or_missing(mention_store, ids)
+    mention_row = rows_or_missing(mention_store, ids)
     gold_row = np.where((gold >= 0) & ~is_nil, kb_row.lookup(gold), -1)
 
     by_id = {mention_id: position for position, mention_id in
@@ -217,7 +217,8 @@ def store_keys(store: FeatureStore, rows: np.ndarray) -> list[str]:
     return [next(found) if here else NO_ROW_KEY for here in present.tolist()]
 
 
-def _rows_or_missing(store: FeatureStore, ids: np.ndarray) -> np.ndarray:
+def rows_or_missing(store: FeatureStore, ids: np.ndarray) -> np.ndarray:
+    """The store row of each id, -1 where the store has none."""
     row_of = {item: row for row, item in enumerate(store.ids.tolist())}
     return np.asarray([row_of.get(item, -1) for item in ids.tolist()], dtype=np.int64)
 
