@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import DatasetResource, LakeResource, user_errors
-from pipeline.hashing import stat_fingerprint, table_content_hash
+from pipeline.hashing import table_content_hash
 from pipeline.mimic import INGEST_VERSION, DatasetLayout, ingest_dataset
 
 GROUP = "ingest"
@@ -124,9 +124,7 @@ def dataset_change_sensor(context: dg.SensorEvaluationContext, lake: LakeResourc
         layout = DatasetLayout.discover(root)
     except Exception as error:  # the dataset may be mid-copy; say why and look again later
         return dg.SkipReason(f"Dataset not readable yet: {error}")
-    kb_files = set(layout.kb_files())
-    now = {"kb": stat_fingerprint(kb_files),
-           "mentions": stat_fingerprint([f for f in layout.input_files() if f not in kb_files])}
+    now = layout.change_fingerprints()
     try:
         before = json.loads(context.cursor or "{}")
     except json.JSONDecodeError:

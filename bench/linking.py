@@ -142,13 +142,9 @@ def kb_step(instance, lake: Lake, dataset: Path, share: float) -> dict:
 def _sensor_cursor(dataset: Path) -> dict:
     """The cursor a running dataset_change_sensor holds before the KB change: the current mention files and the
     KB files as they were (so the tick sees exactly this change)."""
-    from pipeline.hashing import stat_fingerprint
     from pipeline.mimic import DatasetLayout
 
-    layout = DatasetLayout.discover(dataset)
-    kb_files = set(layout.kb_files())
-    return {"kb": "before the change", "mentions": stat_fingerprint([f for f in layout.input_files()
-                                                                     if f not in kb_files])}
+    return {**DatasetLayout.discover(dataset).change_fingerprints(), "kb": "before the change"}
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import MELUserError
-from pipeline.hashing import FileHashCache, hash_strings, list_files
+from pipeline.hashing import FileHashCache, hash_strings, list_files, stat_fingerprint
 from pipeline.images import ImageCheckCache, find_image_file, resolve_inside
 from pipeline.jsonrecords import has_non_utf8, read_records
 from pipeline.lake import Lake
@@ -146,6 +146,13 @@ class DatasetLayout:
     def kb_files(self) -> list[Path]:
         """The input files of the KB side alone: a change to these alone leaves the mentions as they are."""
         return [self.kb_file, self.qid2id_file, *self.kb_change_files, *list_files(self.kb_image_dir)]
+
+    def change_fingerprints(self) -> dict[str, str]:
+        """Cheap fingerprints (names, sizes, mtimes) of the KB files and of the other input files, apart: what
+        changed tells a KB-only refresh from a full one."""
+        kb_files = set(self.kb_files())
+        return {"kb": stat_fingerprint(kb_files),
+                "mentions": stat_fingerprint([path for path in self.input_files() if path not in kb_files])}
 
 
 def _find_split_file(root: Path, split: str) -> Path:
