@@ -262,9 +262,8 @@ class _Reader:
         order: list = list(sources)
         first: dict[int, int] = {}  # KB index -> position in `order` of the first record holding it
         for position, (_, _, record) in enumerate(order):
-            index = record.get("id") if isinstance(record, dict) else None
-            index = int(index) if isinstance(index, str) and index.isdigit() else index
-            if isinstance(index, int) and not isinstance(index, bool):
+            index = _kb_index(record.get("id") if isinstance(record, dict) else None)
+            if index is not None:
                 first.setdefault(index, position)
         for path in self.layout.kb_change_files:
             file = self.layout.relative(path)
@@ -333,11 +332,9 @@ class _Reader:
         problem = _record_problem(record, REQUIRED_ENTITY_FIELDS, {"entity_name": str, "desc": str})
         record_id = _record_id(record)
         if problem is None:
-            kb_index = record["id"]
-            if isinstance(kb_index, str) and kb_index.isdigit():
-                kb_index = int(kb_index)
-            if isinstance(kb_index, bool) or not isinstance(kb_index, int):
-                problem = ("wrong_type", "id", f"KB id {kb_index!r} is not an integer index.")
+            kb_index = _kb_index(record["id"])
+            if kb_index is None:
+                problem = ("wrong_type", "id", f"KB id {record['id']!r} is not an integer index.")
             elif kb_index in seen:
                 problem = ("duplicate_id", "id", f"KB index {kb_index} already used by record {seen[kb_index]}.")
             elif not record["entity_name"].strip():
@@ -518,6 +515,13 @@ class MentionReader(_Reader):
         finally:
             self.hashes.save()
             self.images.save()
+
+
+def _kb_index(value) -> int | None:
+    """A KB record's `id` as an integer KB index (an int, or a string of digits), else None."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _record_id(record) -> str | None:
