@@ -86,6 +86,14 @@ class World:
         self.image = rng.standard_normal((entities, DIMS["D"]))
         self.has_image = np.arange(entities) % 3 != 2
 
+    @classmethod
+    def written(cls, dataset, lake: Lake) -> "World":
+        """A world whose entity and mention stores are on disk."""
+        world = cls(dataset, lake)
+        world.write_entities()
+        world.write_mentions()
+        return world
+
     def write_entities(self, encoder=ENCODER):
         ids = [str(i) for i in range(len(self.text))]
         write_store(self.lake, "entity_features", ids, self.text, self.image, self.has_image, encoder)
@@ -100,10 +108,7 @@ class World:
 
 @pytest.fixture
 def world(dataset, lake):
-    world = World(dataset, lake)
-    world.write_entities()
-    world.write_mentions()
-    return world
+    return World.written(dataset, lake)
 
 
 def test_the_whole_chain_runs_with_the_real_encoder(dataset, tmp_path, instance):

@@ -32,10 +32,7 @@ def evaluations(result):
 
 @pytest.fixture
 def world(dataset, lake):
-    world = World(dataset, lake)
-    world.write_entities()
-    world.write_mentions()
-    return world
+    return World.written(dataset, lake)
 
 
 def test_a_fresh_index_matches_its_features_and_recall_is_above_the_floor(world, instance):
