@@ -100,15 +100,16 @@ def check_compatible(index: EntityIndex, mentions: ItemVectors) -> None:
     """Queries and index vectors must come from the same encoder, or the scores mean nothing."""
     if mentions.encoder != index.config["encoder"]:
         raise MELUserError(
-            f"The mention features at {mentions.source} were written by encoder {_describe(mentions.encoder)}, "
-            f"but the entity index was built with {_describe(index.config['encoder'])}; "
+            f"The mention features at {mentions.source} were written by encoder {identity_text(mentions.encoder)}, "
+            f"but the entity index was built with {identity_text(index.config['encoder'])}; "
             f"re-materialize entity_features, entity_index and mention_features with the same encoder.")
     if mentions.dim != index.config["dim"]:
         raise MELUserError(f"The mention features at {mentions.source} have dimension {mentions.dim}, "
                            f"the entity index {index.config['dim']}; re-materialize them with the same encoder.")
 
 
-def _describe(encoder: dict) -> str:
+def identity_text(encoder: dict) -> str:
+    """An encoder identity as `key=value, ...`, for messages."""
     return ", ".join(f"{key}={value}" for key, value in sorted(encoder.items())) or "(unnamed)"
 
 

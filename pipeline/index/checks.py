@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.index.candidates import _describe
+from pipeline.index.candidates import identity_text
 from pipeline.index.faiss_index import EntityIndex, scan_entities
 from pipeline.index.vectors import ItemVectors
 
@@ -47,8 +47,8 @@ def check_index_against_features(index: EntityIndex, entities: ItemVectors,
         if items is None:
             continue
         if items.encoder != encoders["index"]:
-            check.problems.append(f"{name} at {items.source} come from encoder {_describe(items.encoder)}, "
-                                  f"the entity index from {_describe(encoders['index'])}")
+            check.problems.append(f"{name} at {items.source} come from encoder {identity_text(items.encoder)}, "
+                                  f"the entity index from {identity_text(encoders['index'])}")
         elif items.dim != dims["index"]:
             check.problems.append(f"{name} at {items.source} have dimension {items.dim}, the index {dims['index']}")
     check.missing = sorted(scan.keys.keys() - index.keys.keys())
