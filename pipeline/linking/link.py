@@ -99,7 +99,7 @@ class LinkSettings:
     num_workers: int = 2
     index: IndexSettings = IndexSettings()
     top_k: int = 100  # FAISS candidates per mention
-    training: TrainingSettings = TrainingSettings()  # rerank_k, device, eval_batch_size (the model keeps its own config)
+    training: TrainingSettings = TrainingSettings()  # rerank_k, device, eval_batch_size; the model keeps its config
 
 
 @dataclass
