@@ -16,6 +16,7 @@ from .losses import LossOutput, mmoe_loss
 from .metrics import HITS_AT, gold_ranks, ranking_metrics
 from .mmoe import ROUTED_SEQUENCES, CrossModalUnit, Encoding, IntraModalUnit, MatchScores, MMoEMatcher
 from .moe import Routing, SwitchMoE, load_balancing_loss, reference_gate_weights, routing_records, topk_gate_weights
+from .retrieval import retrieval_dim, retrieval_vectors
 from .reference import (config_from_reference_dims, convert_reference_state_dict, load_reference_weights,
                         matcher_from_reference, read_reference_state_dict)
 
@@ -26,5 +27,6 @@ __all__ = [
     "check_feature_shapes", "check_finite_features", "config_from_reference_dims", "convert_reference_state_dict",
     "gold_ranks", "load_balancing_loss", "load_checkpoint", "load_reference_weights", "matcher_from_reference",
     "mmoe_loss", "ranking_metrics", "read_checkpoint_config", "read_reference_state_dict",
-    "reference_gate_weights", "routing_records", "save_checkpoint", "topk_gate_weights",
+    "reference_gate_weights", "retrieval_dim", "retrieval_vectors", "routing_records", "save_checkpoint",
+    "topk_gate_weights",
 ]

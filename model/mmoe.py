@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .config import MMoEConfig
 from .features import MMoEFeatures, check_feature_shapes
 from .moe import MoEOutput, Routing, SwitchMoE, routing_from_weights
+from .retrieval import retrieval_vectors
 
 # Routing keys, one per expert-routed sequence of an item.
 ROUTED_SEQUENCES = ("text", "image", "cross_text_image", "cross_image_text")
@@ -82,6 +83,7 @@ class MatchScores:
     aux_loss: Tensor  # scalar, already multiplied by config.aux_loss_weight (0 in reference mode)
     mention_routing: Optional[dict[str, Routing]] = None  # batch shape [M]
     entity_routing: Optional[dict[str, Routing]] = None  # batch shape [E] or [M, K]
+    retrieval: Optional[Tensor] = None  # the separable part of total (model/retrieval.py), same shape
 
 
 class RoutedSequence(NamedTuple):
@@ -349,8 +351,14 @@ class MMoEMatcher(nn.Module):
         cross = None if self.cross_unit is None else self.cross_unit.score(mentions.cross, paired.cross)
         enabled = [unit for unit in (text, image, cross) if unit is not None]
         aux_loss = self.config.aux_loss_weight * (mentions.aux_loss + entities.aux_loss) / 2
+        retrieval = pair_dot(retrieval_vectors(mentions, self.config), retrieval_vectors(paired, self.config))
         return MatchScores(sum(enabled) / len(enabled), text, image, cross, aux_loss,
-                           mentions.routing, entities.routing)
+                           mentions.routing, entities.routing, retrieval)
+
+    def retrieval_vectors(self, encoding: Encoding) -> Tensor:
+        """Per item of `encoding` ([*B]), the vector whose inner products are the separable part of the total
+        score ([*B, R]; see model/retrieval.py): what a FAISS index of a trained matcher holds."""
+        return retrieval_vectors(encoding, self.config)
 
     def score_all_pairs(self, mentions: MMoEFeatures, entities: MMoEFeatures,
                         return_routing: bool = False) -> MatchScores:
