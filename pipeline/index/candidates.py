@@ -1,13 +1,15 @@
 """Top-K candidate entities per mention from the entity index, and their recall.
 
 Every mention of every split (nil ones too: a later NIL decision needs their scores) is
-searched with the query vector of ``pipeline.index.vectors``. A mention that cannot be
+searched with its query vector: the CLIP rule of ``pipeline.index.vectors`` against the zero-shot entity
+index (``mention_candidates``), or the trained matcher's retrieval vector against the trained index
+(``pipeline.training.retrieval``, ``retrieval_candidates``); both are a ``QuerySource``. A mention that cannot be
 searched (no row in the mention feature store, a broken text vector) still gets a row, with
 no candidates and a ``problem`` saying why, and counts as a miss: recall is measured over
 every non-nil mention of the split, never over the ones that happened to work.
 
-The result is reused when its inputs are unchanged: the index fingerprint, the mention
-store fingerprint, the ``mentions`` table fingerprint, K and nprobe.
+The result is reused when its inputs are unchanged: the index fingerprint, the query source's
+fingerprint, the ``mentions`` table fingerprint, K and nprobe.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +37,34 @@ NO_FEATURES = "no row in the mention feature store (see mention_features)"
 
 log = logging.getLogger(__name__)
 
+
+class QuerySource(Protocol):
+    """The query vectors of the mentions of a feature store, for one kind of index."""
+
+    ids: np.ndarray  # str mention ids, in row order
+    source: str  # where the queries come from, for messages
+    fingerprint: str  # digest of what the queries are made of
+    identity: dict  # must equal the index config's values for the same keys (encoder, dim, model...)
+
+    def queries(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """(query vectors [n, index_dim] float32, usable [n] bool, problem per row: None when nothing)."""
+
+
+class ClipMentionQueries:
+    """Queries under the CLIP rule (``vectors.query_matrix``) from the mention feature store's pooled vectors."""
+
+    def __init__(self, items: ItemVectors):
+        self.items, self.ids, self.source, self.fingerprint = items, items.ids, items.source, items.fingerprint
+        self.identity = {"encoder": items.encoder, "dim": items.dim}
+
+    def queries(self, rows: np.ndarray):
+        batch = read_checked(self.items, rows)
+        return query_matrix(batch), batch.text_ok, batch.problems
+
+
+def as_queries(mentions: "QuerySource | ItemVectors") -> QuerySource:
+    return ClipMentionQueries(mentions) if isinstance(mentions, ItemVectors) else mentions
+
 CANDIDATES_SCHEMA = pa.schema([
     ("mention_id", pa.string()),
     ("split", pa.string()),
@@ -52,9 +83,13 @@ class CandidatesReport:
     stats: dict
 
 
-def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: ItemVectors, settings: IndexSettings,
-                            top_k: int = 100, logger=log) -> CandidatesReport:
-    """Search every mention of the ``mentions`` table; write the ``mention_candidates`` table."""
+def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: QuerySource | ItemVectors,
+                            settings: IndexSettings, top_k: int = 100, logger=log,
+                            table_name: str = TABLE) -> CandidatesReport:
+    """Search every mention of the ``mentions`` table; write the ``table_name`` table (``mention_candidates``).
+
+    ``mentions``: the mention feature store's vectors (``ItemVectors``, CLIP rule) or any ``QuerySource``."""
+    mentions = as_queries(mentions)
     check_compatible(index, mentions)
     if top_k < 1:
         raise MELUserError(f"The index setting top_k={top_k} must be at least 1.")
@@ -64,9 +99,9 @@ def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: ItemVector
         logger.warning(f"top_k={top_k} exceeds the {len(index)} indexed entities: returning {k} candidates each.")
     fingerprint = hash_strings([CANDIDATES_VERSION, index.fingerprint, mentions.fingerprint,
                                 lake.table_fingerprint("mentions") or "", str(k), str(_nprobe_used(index, settings))])
-    if lake.table_fingerprint(TABLE) == fingerprint:
-        logger.info(f"Inputs unchanged (fingerprint {fingerprint[:12]}): reusing the stored {TABLE} table.")
-        return CandidatesReport(True, fingerprint, lake.table_extra(TABLE))
+    if lake.table_fingerprint(table_name) == fingerprint:
+        logger.info(f"Inputs unchanged (fingerprint {fingerprint[:12]}): reusing the stored {table_name} table.")
+        return CandidatesReport(True, fingerprint, lake.table_extra(table_name))
 
     use_gpu = settings.gpu()
     if use_gpu and k > GPU_MAX_K:
@@ -92,20 +127,29 @@ def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: ItemVector
         "fewer_than_k": int(sum(1 for c in candidates if 0 < len(c) < k)),
         "recall": recall_by_split(result, k),
     }
-    lake.write_table(TABLE, result, fingerprint, extra=stats)
+    lake.write_table(table_name, result, fingerprint, extra=stats)
     return CandidatesReport(False, fingerprint, stats)
 
 
-def check_compatible(index: EntityIndex, mentions: ItemVectors) -> None:
-    """Queries and index vectors must come from the same encoder, or the scores mean nothing."""
-    if mentions.encoder != index.config["encoder"]:
+def check_compatible(index: EntityIndex, mentions: QuerySource | ItemVectors) -> None:
+    """Queries and index vectors must live in one space (one encoder, one dimension, one trained model), or the
+    scores mean nothing."""
+    mentions = as_queries(mentions)
+    config = index.config
+    if mentions.identity.get("encoder") != config["encoder"]:
         raise MELUserError(
-            f"The mention features at {mentions.source} were written by encoder {identity_text(mentions.encoder)}, "
-            f"but the entity index was built with {identity_text(index.config['encoder'])}; "
-            f"re-materialize entity_features, entity_index and mention_features with the same encoder.")
-    if mentions.dim != index.config["dim"]:
-        raise MELUserError(f"The mention features at {mentions.source} have dimension {mentions.dim}, "
-                           f"the entity index {index.config['dim']}; re-materialize them with the same encoder.")
+            f"The mention features at {mentions.source} were written by encoder "
+            f"{identity_text(mentions.identity.get('encoder') or {})}, but the entity index was built with "
+            f"{identity_text(config['encoder'])}; re-materialize entity_features, entity_index and mention_features "
+            f"with the same encoder.")
+    if "model" in mentions.identity and mentions.identity["model"] != config.get("model"):
+        raise MELUserError(
+            f"The queries from {mentions.source} come from the trained model {mentions.identity['model'][:12]}, but "
+            f"the index was built with the vectors of model {str(config.get('model'))[:12]}; "
+            f"re-materialize retrieval_index (and retrieval_candidates) for the current model.")
+    if mentions.identity.get("dim") != config["dim"]:
+        raise MELUserError(f"The mention features at {mentions.source} have dimension {mentions.identity.get('dim')}, "
+                           f"the entity index {config['dim']}; re-materialize them with the same encoder.")
 
 
 def identity_text(encoder: dict) -> str:
@@ -125,10 +169,11 @@ def _mentions_table(lake: Lake) -> pa.Table:
                            f"materialize mentions first.") from None
 
 
-def search_mentions(index: EntityIndex, mentions: ItemVectors, mention_ids: list[str], k: int,
+def search_mentions(index: EntityIndex, mentions: QuerySource | ItemVectors, mention_ids: list[str], k: int,
                     settings: IndexSettings, use_gpu: bool, logger=log):
     """Top-k KB indices and scores per mention id, in the order given, and problems[i] (None when searched):
-    a mention without a row in `mentions` or with an unusable text vector gets no candidates and a problem."""
+    a mention without a row in `mentions` or with an unusable query vector gets no candidates and a problem."""
+    mentions = as_queries(mentions)
     n = len(mention_ids)
     candidates: list = [[] for _ in range(n)]
     scores: list = [[] for _ in range(n)]
@@ -147,12 +192,11 @@ def search_mentions(index: EntityIndex, mentions: ItemVectors, mention_ids: list
     searched = 0
     for start in range(0, len(positions), QUERY_BATCH):
         batch_positions = positions[start:start + QUERY_BATCH]
-        batch = read_checked(mentions, store_rows[batch_positions])
-        for position, problem in zip(batch_positions, batch.problems):
+        vectors, usable, batch_problems = mentions.queries(store_rows[batch_positions])
+        for position, problem in zip(batch_positions, batch_problems):
             problems[position] = problem
-        usable = batch.text_ok
         if usable.any():
-            found_scores, found_ids = search(query_matrix(batch)[usable], k)
+            found_scores, found_ids = search(np.ascontiguousarray(vectors[usable], dtype=np.float32), k)
             for position, ids_row, scores_row in zip(batch_positions[usable], found_ids, found_scores):
                 keep = ids_row >= 0  # IVF returns -1 when the probed lists hold fewer than k entities
                 candidates[position] = ids_row[keep]

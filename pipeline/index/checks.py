@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.index.candidates import identity_text
-from pipeline.index.faiss_index import EntityIndex, scan_entities
-from pipeline.index.vectors import ItemVectors
+from pipeline.index.faiss_index import EntityIndex
+from pipeline.index.vectors import ClipEntityVectors, ItemVectors
 
 EXAMPLES = 10
 
@@ -41,7 +41,7 @@ def check_index_against_features(index: EntityIndex, entities: ItemVectors,
     stores = {"entity_features": entities, "mention_features": mentions}
     encoders = {"index": index.config["encoder"], **{name: s.encoder if s else None for name, s in stores.items()}}
     dims = {"index": index.config["dim"], **{name: s.dim if s else None for name, s in stores.items()}}
-    scan = scan_entities(entities)
+    scan = ClipEntityVectors(entities).scan()
     check = IndexCheck(encoders, dims, usable_entities=len(scan.keys), indexed_entities=len(index))
     for name, items in stores.items():
         if items is None:

@@ -46,6 +46,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,17 +57,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_bytes, hash_strings
-from pipeline.index.vectors import (
-    COMBINATION_RULE,
-    COMBINATION_VERSION,
-    IMAGE_BROKEN,
-    MIN_NORM,
-    ItemVectors,
-    content_keys,
-    entity_matrix,
-    read_checked,
-    row_batches,
-)
+from pipeline.index.vectors import BATCH_ROWS, ClipEntityVectors, EntityScan, ItemVectors
 from pipeline.lake import Lake, atomic_path, write_text_atomic
 from pipeline.locks import exclusive_lock
 
@@ -75,7 +66,6 @@ KINDS = ("auto", "flat", "ivf")
 GPU_CHOICES = ("auto", "always", "never")
 RETRAIN_FRACTION = 0.25
 TRAIN_POINTS_PER_LIST = 50  # faiss warns below 39 training points per centroid
-BATCH_ROWS = 8192
 CONFIG_NAME = "index.json"
 TRAIN_SEED = 0
 
@@ -130,45 +120,32 @@ class IndexSettings:
         return available and self.use_gpu != "never"
 
 
-@dataclass
-class EntityScan:
-    """One pass over the entity features: content keys of the usable rows and the problems."""
+class VectorSource(Protocol):
+    """Where an index's entity vectors come from: the CLIP features (``vectors.ClipEntityVectors``) or a
+    trained matcher (``pipeline.training.retrieval.TrainedEntityVectors``)."""
 
-    keys: dict[int, str]  # KB index -> content key, usable entities only
-    rows: dict[int, int]  # KB index -> row in the feature store
-    problems: list[dict]  # {kb_index, problem, action}
-    image_sum: np.ndarray  # sum of usable unit image vectors (for the image-less entities' fill)
+    source: str  # where the vectors come from, for messages
+    fingerprint: str  # digest of the source's content ("" = unknown): unchanged means nothing to do
+    index_dim: int
+    usable: str  # what an entity needs to be indexed, for messages ("text vector")
+    identity: dict  # what the vectors mean (encoder, rule, model...): when it changes the index is rebuilt
 
+    def __len__(self) -> int: ...
 
-def scan_entities(items: ItemVectors) -> EntityScan:
-    ids = _entity_ids(items)
-    keys, rows, problems = {}, {}, []
-    image_sum = np.zeros(items.dim, dtype=np.float64)
-    for batch_rows in row_batches(len(items), BATCH_ROWS):
-        batch = read_checked(items, batch_rows)
-        batch_keys = content_keys(items, batch_rows)
-        for row, problem in zip(batch_rows, batch.problems):
-            if problem is not None:
-                action = "indexed_text_only" if problem == IMAGE_BROKEN else "excluded"
-                problems.append({"kb_index": int(ids[row]), "problem": problem, "action": action})
-        for position in np.flatnonzero(batch.text_ok):
-            row = int(batch_rows[position])
-            keys[int(ids[row])] = batch_keys[position]
-            rows[int(ids[row])] = row
-        image_sum += batch.image[batch.image_ok & batch.text_ok].sum(axis=0, dtype=np.float64)
-    return EntityScan(keys, rows, problems, image_sum)
+    def scan(self, stored: "EntityIndex | None") -> EntityScan:
+        """Content key of every usable entity and what is wrong with the others; ``stored`` is the index being
+        synced (a source whose vectors are costly can skip the entities whose key it already holds)."""
+
+    def fill(self, scan: EntityScan) -> np.ndarray:
+        """The statistics frozen at a build (the CLIP rule's mean image), passed back to ``vectors``."""
+
+    def vectors(self, rows: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        """Index vectors [n, index_dim] float32 of source rows."""
 
 
-def _entity_ids(items: ItemVectors) -> np.ndarray:
-    try:
-        ids = np.asarray(items.ids).astype(np.int64)
-    except (TypeError, ValueError):
-        raise MELUserError(f"The entity features at {items.source} have ids that are not KB indices "
-                           f"(integers); re-materialize entity_features.") from None
-    if len(np.unique(ids)) != len(ids):
-        raise MELUserError(f"The entity features at {items.source} list some KB index twice; "
-                           f"re-materialize entity_features.")
-    return ids
+def as_source(entities: "VectorSource | ItemVectors") -> VectorSource:
+    """The entity feature store's vectors (ItemVectors) under the CLIP rule, or a source as it is."""
+    return ClipEntityVectors(entities) if isinstance(entities, ItemVectors) else entities
 
 
 @dataclass
@@ -203,41 +180,36 @@ class EntityIndex:
 
     # -- build and sync --------------------------------------------------------------
     @classmethod
-    def build(cls, items: ItemVectors, scan: EntityScan, settings: IndexSettings) -> "EntityIndex":
+    def build(cls, source: VectorSource, scan: EntityScan, settings: IndexSettings) -> "EntityIndex":
         entities = len(scan.keys)
         if entities == 0:
-            raise MELUserError(_no_usable_entities(items, scan))
+            raise MELUserError(_no_usable_entities(source, scan))
         kind = settings.kind_for(entities)
-        norm = np.linalg.norm(scan.image_sum)
-        image_fill = (scan.image_sum / norm if norm > MIN_NORM else np.zeros(items.dim)).astype(np.float32)
+        fill = source.fill(scan)
         config = {
             "format": INDEX_FORMAT,
             "kind": kind,
             "metric": "inner_product",
-            "dim": items.dim,
-            "index_dim": 2 * items.dim,
-            "encoder": items.encoder,
-            "combination_rule": COMBINATION_RULE,
-            "combination_version": COMBINATION_VERSION,
+            **source.identity,
             "nlist_setting": settings.nlist,
             "nlist": None,
             "trained_on": {"entities": entities, "sample_key": None},
             "changed_since_training": 0,
         }
         if kind == "flat":
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(2 * items.dim))
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(source.index_dim))
         else:
             nlist = settings.nlist_for(entities)
-            index, sample_key = _trained_ivf(items, scan, image_fill, nlist, settings.gpu())
+            index, sample_key = _trained_ivf(source, scan, fill, nlist, settings.gpu())
             config.update(nlist=nlist, trained_on={"entities": entities, "sample_key": sample_key})
-        built = cls(index, config, {}, scan.problems, image_fill)
-        built._add(items, scan, sorted(scan.keys))
-        built._refresh_fingerprint(items)
+        built = cls(index, config, {}, scan.problems, fill)
+        built._add(source, scan, sorted(scan.keys))
+        built._refresh_fingerprint(source)
         return built
 
-    def sync(self, items: ItemVectors, scan: EntityScan) -> SyncCounts:
+    def sync(self, source: VectorSource, scan: EntityScan) -> SyncCounts:
         if not scan.keys:
-            raise MELUserError(_no_usable_entities(items, scan))
+            raise MELUserError(_no_usable_entities(source, scan))
         stored, current = self.keys, scan.keys
         before = len(stored)
         removed = sorted(stored.keys() - current.keys())
@@ -247,31 +219,30 @@ class EntityIndex:
             self.index.remove_ids(np.asarray(removed + updated, dtype=np.int64))
             for kb_index in removed + updated:
                 del self.keys[kb_index]
-        self._add(items, scan, added + updated)
+        self._add(source, scan, added + updated)
         self.problems = scan.problems
         self.config["changed_since_training"] += len(removed) + len(added) + len(updated)
-        self._refresh_fingerprint(items)
+        self._refresh_fingerprint(source)
         return SyncCounts(len(added), len(removed), len(updated), before - len(removed) - len(updated))
 
-    def _add(self, items: ItemVectors, scan: EntityScan, kb_indices: list[int]) -> None:
+    def _add(self, source: VectorSource, scan: EntityScan, kb_indices: list[int]) -> None:
         rows = np.asarray([scan.rows[i] for i in kb_indices], dtype=np.int64)
         order = np.argsort(rows)  # read the memory-mapped store front to back
         rows, ids = rows[order], np.asarray(kb_indices, dtype=np.int64)[order]
         for start in range(0, len(rows), BATCH_ROWS):
-            batch = read_checked(items, rows[start:start + BATCH_ROWS])
-            self.index.add_with_ids(entity_matrix(batch, self.image_fill), ids[start:start + BATCH_ROWS])
+            vectors = source.vectors(rows[start:start + BATCH_ROWS], self.image_fill)
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids[start:start + BATCH_ROWS])
         for kb_index in kb_indices:
             self.keys[kb_index] = scan.keys[kb_index]
 
-    def _refresh_fingerprint(self, items: ItemVectors) -> None:
+    def _refresh_fingerprint(self, source: VectorSource) -> None:
         """A digest of what the index contains, independent of how it got there (build or sync)."""
-        parts = [INDEX_FORMAT, COMBINATION_VERSION, self.kind, str(self.config["dim"]),
-                 json.dumps(self.config["encoder"], sort_keys=True), str(self.config["nlist"]),
+        parts = [INDEX_FORMAT, self.kind, json.dumps(source.identity, sort_keys=True), str(self.config["nlist"]),
                  str(self.config["trained_on"]["sample_key"]), hash_bytes(self.image_fill.tobytes())]
         for kb_index in sorted(self.keys):
             parts += [str(kb_index), self.keys[kb_index]]
         self.config.update(fingerprint=hash_strings(parts), entities=len(self.keys),
-                           entity_store_fingerprint=items.fingerprint)
+                           source_fingerprint=source.fingerprint)
 
     # -- search ------------------------------------------------------------------------
     def searcher(self, nprobe: int, use_gpu: bool) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
@@ -358,17 +329,17 @@ def _remove_old_generations(directory: Path, keep: set) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _no_usable_entities(items: ItemVectors, scan: EntityScan) -> str:
-    if len(items) == 0:
-        return f"The entity features at {items.source} hold no entities; the KB is empty."
-    return (f"None of the {len(items)} entities in {items.source} has a usable text vector "
+def _no_usable_entities(source: VectorSource, scan: EntityScan) -> str:
+    if len(source) == 0:
+        return f"The entity features at {source.source} hold no entities; the KB is empty."
+    return (f"None of the {len(source)} entities in {source.source} has a usable {source.usable} "
             f"(first problem: {scan.problems[0]['problem']}); re-materialize entity_features.")
 
 
-def _trained_ivf(items: ItemVectors, scan: EntityScan, image_fill: np.ndarray, nlist: int,
+def _trained_ivf(source: VectorSource, scan: EntityScan, fill: np.ndarray, nlist: int,
                  use_gpu: bool) -> tuple[faiss.Index, str]:
     """An empty IVF index whose centroids are trained on a fixed-seed sample of entities."""
-    dim = 2 * items.dim
+    dim = source.index_dim
     index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_fp16,
                                           faiss.METRIC_INNER_PRODUCT)
     index.cp.spherical = True  # unit-norm centroids: inner-product assignment stays a cosine
@@ -376,7 +347,7 @@ def _trained_ivf(items: ItemVectors, scan: EntityScan, image_fill: np.ndarray, n
     size = min(len(kb_indices), TRAIN_POINTS_PER_LIST * nlist)
     sample = np.sort(np.random.default_rng(TRAIN_SEED).choice(kb_indices, size=size, replace=False))
     rows = np.sort(np.asarray([scan.rows[int(i)] for i in sample], dtype=np.int64))
-    vectors = entity_matrix(read_checked(items, rows), image_fill)
+    vectors = np.ascontiguousarray(source.vectors(rows, fill), dtype=np.float32)
     # On a GPU only the k-means assignments run there; the index itself stays on the CPU.
     # (A Python reference keeps the GPU index alive while faiss holds a bare pointer to it.)
     clustering = faiss.index_cpu_to_gpu(_gpu_resources(), 0, faiss.IndexFlatIP(dim)) if use_gpu else None
@@ -432,45 +403,46 @@ class IndexReport:
     seconds: float = 0.0
 
 
-def update_entity_index(items: ItemVectors, directory: Path, settings: IndexSettings,
-                        logger=log) -> IndexReport:
-    """Bring the index in ``directory`` up to date with ``items``: nothing, a sync, or a rebuild.
+def update_entity_index(entities: VectorSource | ItemVectors, directory: Path, settings: IndexSettings,
+                        logger=log, what: str = "entity index") -> IndexReport:
+    """Bring the index in ``directory`` up to date with ``entities``: nothing, a sync, or a rebuild.
 
-    One writer at a time (a second run waits for the first); readers take no lock and see
+    ``entities``: the entity feature store's vectors (``ItemVectors``, under the CLIP rule) or any
+    ``VectorSource``. One writer at a time (a second run waits for the first); readers take no lock and see
     either the previous or the new generation.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(directory / ".lock", logger,
-                        f"Another run is updating the entity index in {directory}; waiting for it to finish."):
-        return _update(items, directory, settings, logger)
+                        f"Another run is updating the {what} in {directory}; waiting for it to finish."):
+        return _update(as_source(entities), directory, settings, logger, what)
 
 
-def _update(items: ItemVectors, directory: Path, settings: IndexSettings, logger) -> IndexReport:
+def _update(source: VectorSource, directory: Path, settings: IndexSettings, logger, what: str) -> IndexReport:
     started = time.perf_counter()
     stored = _load_stored(directory, logger)
-    if stored is not None and items.fingerprint and stored.config.get("entity_store_fingerprint") == items.fingerprint \
-            and _rebuild_reason(stored, items, settings, stored.config["entities"], 0) is None:
-        logger.info(f"Entity features unchanged (fingerprint {items.fingerprint[:12]}): keeping the stored index.")
-        return _report(stored, "unchanged", "entity features unchanged", directory, started,
+    if stored is not None and source.fingerprint and stored.config.get("source_fingerprint") == source.fingerprint \
+            and _rebuild_reason(stored, source, settings, stored.config["entities"], 0) is None:
+        logger.info(f"Entity vectors unchanged (fingerprint {source.fingerprint[:12]}): keeping the stored {what}.")
+        return _report(stored, "unchanged", "entity vectors unchanged", directory, started,
                        SyncCounts(unchanged=len(stored)))
 
-    scan = scan_entities(items)
+    scan = source.scan(stored)
     changed = _changed_count(stored, scan) if stored is not None else 0
-    reason = _rebuild_reason(stored, items, settings, len(scan.keys), changed)
+    reason = _rebuild_reason(stored, source, settings, len(scan.keys), changed)
     if reason is not None:
-        logger.info(f"Building the entity index from scratch: {reason}.")
-        index = EntityIndex.build(items, scan, settings)
+        logger.info(f"Building the {what} from scratch: {reason}.")
+        index = EntityIndex.build(source, scan, settings)
         index.save(directory)
         return _report(index, "built", reason, directory, started, SyncCounts(added=len(index)))
 
     problems_before = stored.problems
-    counts = stored.sync(items, scan)
+    counts = stored.sync(source, scan)
     if changed or stored.problems != problems_before:
         stored.save(directory)
     else:  # the same vectors from a re-written store: remember its fingerprint for the fast path
         stored.commit_config(directory)
-    logger.info(f"Entity index synced: {counts.added} added, {counts.removed} removed, "
+    logger.info(f"The {what} synced: {counts.added} added, {counts.removed} removed, "
                 f"{counts.updated} updated, {counts.unchanged} unchanged.")
     return _report(stored, "synced", "incremental update", directory, started, counts)
 
@@ -491,18 +463,17 @@ def _changed_count(stored: EntityIndex, scan: EntityScan) -> int:
         1 for i in stored_keys.keys() & current.keys() if stored_keys[i] != current[i])
 
 
-def _rebuild_reason(stored: EntityIndex | None, items: ItemVectors, settings: IndexSettings,
+def _rebuild_reason(stored: EntityIndex | None, source: VectorSource, settings: IndexSettings,
                     entities: int, changed: int) -> str | None:
     """Why a sync would not give the index a rebuild gives (None: sync is enough)."""
     if stored is None:
         return "no usable index stored yet"
     config = stored.config
-    if (config.get("format"), config.get("combination_version")) != (INDEX_FORMAT, COMBINATION_VERSION):
+    if config.get("format") != INDEX_FORMAT:
         return "the stored index was written by another version of this stage"
-    if config["encoder"] != items.encoder:
-        return "the entity features come from another encoder than the stored index"
-    if config["dim"] != items.dim:
-        return f"the feature dimension changed from {config['dim']} to {items.dim}"
+    for key, value in source.identity.items():
+        if config.get(key) != value:
+            return _identity_change(key, config.get(key), value)
     kind = settings.kind_for(entities)
     if kind != stored.kind:
         return f"the index kind changes from {stored.kind} to {kind} ({entities} entities)"
@@ -513,6 +484,16 @@ def _rebuild_reason(stored: EntityIndex | None, items: ItemVectors, settings: In
         return (f"{since_training} entities changed since the index statistics were computed over "
                 f"{config['trained_on']['entities']} (more than {RETRAIN_FRACTION:.0%})")
     return None
+
+
+def _identity_change(key: str, stored, current) -> str:
+    if key == "encoder":
+        return "the entity features come from another encoder than the stored index"
+    if key == "dim":
+        return f"the feature dimension changed from {stored} to {current}"
+    if key == "combination_version":
+        return "the stored index was written by another version of this stage"
+    return f"the {key.replace('_', ' ')} changed since the stored index was built"
 
 
 def _report(index: EntityIndex, action: str, reason: str, directory: Path, started: float,

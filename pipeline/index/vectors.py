@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.errors import MELUserError
+
 
 COMBINATION_RULE = (
     "concat(l2n(text), l2n(image) or l2n(kb_mean_image) when the entity has none) / sqrt(2); "
@@ -48,6 +50,8 @@ COMBINATION_VERSION = "1"  # bump when the rule above changes: stored indexes ar
 MIN_NORM = 1e-6
 DIGEST_SIZE = 16
 SQRT2 = np.float32(np.sqrt(2.0))
+
+BATCH_ROWS = 8192
 
 TEXT_NOT_FINITE = "text vector has NaN/Inf values"
 TEXT_ZERO = "text vector is all zeros"
@@ -164,3 +168,77 @@ def content_keys(items: ItemVectors, rows: np.ndarray) -> list[str]:
     image = np.where(flags[:, None], np.asarray(items.image[rows]), 0).astype(text.dtype)
     packed = np.ascontiguousarray(np.concatenate([text, image, flags[:, None].astype(text.dtype)], axis=1))
     return [hashlib.blake2b(row, digest_size=DIGEST_SIZE).hexdigest() for row in packed]
+
+
+# -- the entity side as a source of index vectors (see faiss_index.VectorSource) --------------------------
+
+
+@dataclass
+class EntityScan:
+    """One pass over a source's entities: content keys of the usable rows and the problems."""
+
+    keys: dict[int, str]  # KB index -> content key, usable entities only
+    rows: dict[int, int]  # KB index -> row in the source
+    problems: list[dict]  # {kb_index, problem, action}
+    image_sum: np.ndarray | None = None  # CLIP: sum of usable unit image vectors (the image-less entities' fill)
+
+
+class ClipEntityVectors:
+    """The entity index's vectors under ``COMBINATION_RULE``, read from the entity feature store."""
+
+    rule = COMBINATION_RULE
+    rule_version = COMBINATION_VERSION
+    usable = "text vector"
+
+    def __init__(self, items: ItemVectors):
+        self.items = items
+        self.source = items.source
+        self.fingerprint = items.fingerprint
+        self.index_dim = 2 * items.dim
+        # What the vectors mean: an index built from another identity is rebuilt, never synced.
+        self.identity = {"encoder": items.encoder, "dim": items.dim, "index_dim": self.index_dim,
+                         "combination_rule": self.rule, "combination_version": self.rule_version}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def scan(self, stored=None) -> EntityScan:
+        """Content keys and problems of every row (``stored``, the index being synced, is not needed here)."""
+        items = self.items
+        ids = entity_ids(items.ids, items.source)
+        keys, rows, problems = {}, {}, []
+        image_sum = np.zeros(items.dim, dtype=np.float64)
+        for batch_rows in row_batches(len(items), BATCH_ROWS):
+            batch = read_checked(items, batch_rows)
+            batch_keys = content_keys(items, batch_rows)
+            for row, problem in zip(batch_rows, batch.problems):
+                if problem is not None:
+                    action = "indexed_text_only" if problem == IMAGE_BROKEN else "excluded"
+                    problems.append({"kb_index": int(ids[row]), "problem": problem, "action": action})
+            for position in np.flatnonzero(batch.text_ok):
+                row = int(batch_rows[position])
+                keys[int(ids[row])] = batch_keys[position]
+                rows[int(ids[row])] = row
+            image_sum += batch.image[batch.image_ok & batch.text_ok].sum(axis=0, dtype=np.float64)
+        return EntityScan(keys, rows, problems, image_sum)
+
+    def fill(self, scan: EntityScan) -> np.ndarray:
+        """The frozen statistic of an index build: the normalised mean image of the usable entities."""
+        norm = np.linalg.norm(scan.image_sum)
+        return (scan.image_sum / norm if norm > MIN_NORM else np.zeros(self.items.dim)).astype(np.float32)
+
+    def vectors(self, rows: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        return entity_matrix(read_checked(self.items, rows), fill)
+
+
+def entity_ids(ids, source: str) -> np.ndarray:
+    """Entity ids as int64 KB indices, each once (a MELUserError naming ``source`` otherwise)."""
+    try:
+        ids = np.asarray(ids).astype(np.int64)
+    except (TypeError, ValueError):
+        raise MELUserError(f"The entity features at {source} have ids that are not KB indices "
+                           f"(integers); re-materialize entity_features.") from None
+    if len(np.unique(ids)) != len(ids):
+        raise MELUserError(f"The entity features at {source} list some KB index twice; "
+                           f"re-materialize entity_features.")
+    return ids
