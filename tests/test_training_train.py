@@ -78,7 +78,8 @@ def test_checkpoints_are_safetensors_and_json_and_only_the_last_and_best_epochs_
     report = train_mmoe(lake, SMALL.replace(patience=0), runs_dir=tmp_path)
     run = tmp_path / report.fingerprint[:20]
     files = {path.name for path in run.rglob("*") if path.is_file()}
-    assert files == {"training.json", "model.safetensors", "config.json", "optimizer.safetensors", "optimizer.json"}
+    assert files == {"training.json", "model.safetensors", "config.json", "optimizer.safetensors", "optimizer.json",
+                     "rounds.json"}
     kept = sorted(path.name for path in (run / "epochs").iterdir())
     assert kept == [f"epoch-{report.best_epoch:04d}"]  # a finished run keeps its best epoch only
     state = json.loads((run / "training.json").read_text())

@@ -279,11 +279,12 @@ class EntityIndex:
         write_text_atomic(Path(directory) / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=True))
 
     @classmethod
-    def load(cls, directory: Path) -> "EntityIndex":
+    def load(cls, directory: Path, asset: str = "entity_index") -> "EntityIndex":
+        """The committed index in `directory`; `asset` (the asset that writes it) is named in messages."""
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
-            raise MELUserError(f"There is no entity index at {directory}; materialize entity_index first.")
+            raise MELUserError(f"There is no {asset.replace('_', ' ')} at {directory}; materialize {asset} first.")
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
             folder = directory / config["generation"]
@@ -292,12 +293,12 @@ class EntityIndex:
             problems = pq.read_table(folder / "problems.parquet").to_pylist()
             image_fill = np.load(folder / "image_fill.npy")
         except (OSError, KeyError, ValueError, RuntimeError, pa.ArrowException) as error:
-            raise MELUserError(f"The entity index at {directory} is incomplete or corrupt ({error}); "
-                               f"re-materialize entity_index.") from None
+            raise MELUserError(f"The {asset} at {directory} is incomplete or corrupt ({error}); "
+                               f"re-materialize {asset}.") from None
         keys = dict(zip(entities["kb_index"], entities["content_key"]))
         if len(keys) != index.ntotal:
-            raise MELUserError(f"The entity index at {directory} holds {index.ntotal} vectors but lists "
-                               f"{len(keys)} entities; re-materialize entity_index.")
+            raise MELUserError(f"The {asset} at {directory} holds {index.ntotal} vectors but lists "
+                               f"{len(keys)} entities; re-materialize {asset}.")
         return cls(index, config, keys, problems, image_fill)
 
 

@@ -3,7 +3,9 @@
 - ``settings``     TrainingSettings: the recipe (paper defaults, head-only learning rate), the matcher config
 - ``data``         the stores and tables of a lake, consistency checks, batches with FAISS hard negatives
 - ``checkpoints``  run folders: safetensors + JSON per epoch, atomic commits, resume
-- ``train``        the loop: AdamW, AMP on CUDA, early stopping on dev MRR, NaN guard, reuse and resume
+- ``train``        the loop: AdamW, AMP on CUDA, early stopping on dev MRR, NaN guard, reuse and resume;
+                   training rounds whose hard negatives come from the trained index
+- ``retrieval``    the trained index: the matcher's retrieval vectors in FAISS, top-K per mention from it
 - ``scoring``      ranking mentions: rerank the FAISS top-K or score the full KB, from entity encodings
                    computed once
 - ``evaluate``     metrics per split, the `predictions` table, zero-shot baselines, rank histogram

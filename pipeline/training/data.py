@@ -140,6 +140,12 @@ class Inputs:
         return cls(lake, entities, mentions_store, mentions, lake.table_fingerprint(CANDIDATES_TABLE) or "",
                    lake.table_fingerprint("mentions") or "")
 
+    def candidates_from(self, table_name: str) -> Mentions:
+        """The same mentions with the candidate lists of another candidates table (e.g. the trained index's)."""
+        table = _read_table(self.lake, "mentions", ["mention_id", "split", "gold_index", "is_nil"])
+        candidates = _read_table(self.lake, table_name, ["mention_id", "candidates", "problem"])
+        return _join(table, candidates, self.entities, self.mentions_store, table_name)
+
 
 def _read_table(lake: Lake, name: str, columns: list[str]):
     if not lake.has_table(name):
@@ -177,7 +183,8 @@ def _differences(expected: dict, found: dict | None) -> str:
                      if expected.get(key) != found.get(key))
 
 
-def _join(table, candidates, entities: FeatureStore, mention_store: FeatureStore) -> Mentions:
+def _join(table, candidates, entities: FeatureStore, mention_store: FeatureStore,
+          table_name: str = CANDIDATES_TABLE) -> Mentions:
     ids = np.asarray(table.column("mention_id").to_pylist(), dtype=str)
     gold = np.asarray([-1 if g is None else g for g in table.column("gold_index").to_pylist()], dtype=np.int64)
     is_nil = np.asarray(table.column("is_nil").to_pylist(), dtype=bool)
@@ -201,8 +208,8 @@ def _join(table, candidates, entities: FeatureStore, mention_store: FeatureStore
         if (store_rows < 0).any():
             missing = found[store_rows < 0][:5].tolist()
             raise MELUserError(
-                f"mention_candidates lists KB indices {missing} for mention {mention_id} that the entity feature "
-                f"store at {entities.root} does not hold; re-materialize entity_index and mention_candidates.")
+                f"{table_name} lists KB indices {missing} for mention {mention_id} that the entity feature "
+                f"store at {entities.root} does not hold; re-materialize the index and {table_name}.")
         rows.append(store_rows)
         problems.append(candidate_problems[position])
     return Mentions(ids, np.asarray(table.column("split").to_pylist(), dtype=str), is_nil, gold, mention_row,

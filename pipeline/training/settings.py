@@ -47,6 +47,8 @@ class TrainingSettings:
     patience: int = 3  # epochs without a better dev MRR before stopping
     hard_negatives: int = 3  # per mention, from its FAISS candidates, gold excluded
     hard_negative_pool: int = 20  # sampled among the best this many non-gold candidates
+    retrieval_loss_weight: float = 1.0  # weight of the separable part's own CE (the trained index ranks by it)
+    retrieval_rounds: int = 2  # most training rounds; round r > 1 mines its candidates from round r-1's model
     aux_loss_weight: float = 0.01  # load-balancing loss (topk only)
     seed: int = 0
     device: str = "auto"  # auto = cuda when available
@@ -75,11 +77,13 @@ class TrainingSettings:
         if not 1 <= self.effective_top_k <= self.num_experts:
             raise MELUserError(f"TrainingResource.top_k ({self.effective_top_k}) must be between 1 and "
                                f"num_experts ({self.num_experts}).")
-        positive = ("num_experts", "hidden_dim", "batch_size", "epochs", "rerank_k", "eval_batch_size")
+        positive = ("num_experts", "hidden_dim", "batch_size", "epochs", "rerank_k", "eval_batch_size",
+                    "retrieval_rounds")
         for name in positive:
             if getattr(self, name) < 1:
                 raise MELUserError(f"TrainingResource.{name} must be at least 1, not {getattr(self, name)}.")
-        for name in ("patience", "hard_negatives", "hard_negative_pool", "lr", "weight_decay", "aux_loss_weight"):
+        for name in ("patience", "hard_negatives", "hard_negative_pool", "lr", "weight_decay", "aux_loss_weight",
+                     "retrieval_loss_weight"):
             if getattr(self, name) < 0:
                 raise MELUserError(f"TrainingResource.{name} must not be negative, not {getattr(self, name)}.")
         if self.hard_negatives > self.hard_negative_pool:

@@ -42,17 +42,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model import MMoEConfig, MMoEMatcher, mmoe_loss, ranking_metrics
+from model import MMoEConfig, MMoEMatcher, load_checkpoint, mmoe_loss, ranking_metrics
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_strings
 from pipeline.lake import Lake, write_text_atomic
 from pipeline.progress import LogStream
 from pipeline.training.checkpoints import RunFolder, epoch_name
-from pipeline.training.data import Inputs, TrainBatch, TrainSet, epoch_batches, read_features, train_set
+from pipeline.training.data import (TRAINING_SPLITS, Inputs, Mentions, TrainBatch, TrainSet, epoch_batches,
+                                    read_features, train_set)
+from pipeline.training.retrieval import mine_candidates
 from pipeline.training.scoring import rank_mentions
 from pipeline.training.settings import TrainingSettings
 
-TRAINING_VERSION = "1"  # bump when a change of this code changes the trained weights
+TRAINING_VERSION = "2"  # bump when a change of this code changes the trained weights
 CURRENT_MODEL = "current.json"
 PROGRESS_SECONDS = 30.0  # a progress line in the log (and the Dagster UI) at most this often
 
@@ -82,6 +84,8 @@ class TrainingReport:
     reused: bool = False
     inputs: dict = field(default_factory=dict)  # digests of what was trained on (Inputs.training_fingerprints)
     encoder: dict = field(default_factory=dict)  # identity of the CLIP encoder that wrote the features
+    round: int = 1  # the retrieval round this model comes from (see `train_rounds`)
+    rounds: list[dict] = field(default_factory=list)  # per round: epochs, dev MRR over its own trained top-K...
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,16 +112,87 @@ def train_mmoe(lake: Lake, settings: TrainingSettings, inputs: Inputs | None = N
     inputs = inputs or Inputs.open(lake)
     config = settings.model_config(inputs.dims)
     fingerprint = run_fingerprint(settings, inputs, config)
-    run = RunFolder((runs_dir or models_dir(lake) / "runs") / fingerprint[:20])
-    state = run.read_state()
-    if state and state.get("finished"):
-        logger.info(f"Training inputs and settings unchanged (run {fingerprint[:12]}): reusing {run.root}.")
-        report = TrainingReport(**{**state["report"], "reused": True})
+    run_root = (runs_dir or models_dir(lake) / "runs") / fingerprint[:20]
+    finished = _read_rounds(run_root)
+    if finished is not None:
+        logger.info(f"Training inputs and settings unchanged (run {fingerprint[:12]}): reusing {run_root}.")
+        report = TrainingReport(**{**finished, "reused": True})
     else:
-        report = Trainer(settings, inputs, config, run, fingerprint, logger).run(state, after_epoch)
+        report = train_rounds(settings, inputs, config, run_root, fingerprint, logger, after_epoch)
     if runs_dir is None:
         write_text_atomic(models_dir(lake) / CURRENT_MODEL, json.dumps(report.as_dict(), indent=1, sort_keys=True))
     return report
+
+
+ROUNDS_FILE = "rounds.json"
+
+
+def _read_rounds(run_root: Path) -> dict | None:
+    """The final report of a finished run (every round done), or None."""
+    path = run_root / ROUNDS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def train_rounds(settings: TrainingSettings, inputs: Inputs, config: MMoEConfig, run_root: Path, fingerprint: str,
+                 logger, after_epoch=None) -> TrainingReport:
+    """Round 1 trains on the zero-shot index's candidates (hard negatives, dev reranking). Each later round
+    continues from the previous round's best weights with candidates mined from that model's own trained
+    index (BLINK and ANCE refresh their negatives the same way). A round is scored by its dev MRR when
+    reranking its own trained top-K, which is what evaluation and linking do; the rounds stop at
+    `settings.retrieval_rounds` or when that score stops improving, and the best round's model is the result.
+    Each round is a resumable run folder (round 1 at the run's root, round r in `round-r/`)."""
+    device = settings.torch_device()
+    candidates, initial = inputs.mentions, None
+    best: TrainingReport | None = None
+    rounds: list[dict] = []
+    for number in range(1, settings.retrieval_rounds + 1):
+        folder = RunFolder(run_root if number == 1 else run_root / f"round-{number}")
+        state = folder.read_state()
+        if state and state.get("finished"):
+            report = TrainingReport(**state["report"])
+        else:
+            trainer = Trainer(settings, inputs, config, folder, fingerprint, logger, candidates, initial, number)
+            report = trainer.run(state, after_epoch)
+        matcher = load_checkpoint(report.checkpoint, config, device=device).model.eval()
+        mined, summary = score_round(matcher, inputs, settings, device, logger)
+        summary = {"round": number, "epochs": len(report.history), "best_epoch": report.best_epoch,
+                   "dev_mrr_round_candidates": report.best_dev["mrr"], **summary}
+        rounds.append(summary)
+        logger.info(f"Round {number}: dev MRR {summary['dev_mrr']:.4f} reranking its own trained top-"
+                    f"{summary['k']} (recall@{summary['k']} dev {summary['dev_recall']:.4f}, train "
+                    f"{summary['train_recall']:.4f}); {summary['dev_mrr_round_candidates']:.4f} on this round's "
+                    "candidates.")
+        if best is not None and summary["dev_mrr"] <= best.rounds[-1]["dev_mrr"]:
+            logger.info(f"Round {number} did not improve the dev MRR over round {best.round}: keeping round "
+                        f"{best.round}'s model.")
+            break
+        best = TrainingReport(**{**report.as_dict(), "round": number, "rounds": [summary]})
+        candidates, initial = mined, report.checkpoint
+    final = TrainingReport(**{**best.as_dict(), "rounds": rounds})
+    write_text_atomic(run_root / ROUNDS_FILE, json.dumps(final.as_dict(), indent=1, sort_keys=True))
+    return final
+
+
+def score_round(matcher: MMoEMatcher, inputs: Inputs, settings: TrainingSettings, device,
+                logger) -> tuple[Mentions, dict]:
+    """The train/dev mentions' trained top-K under `matcher`, and its dev MRR reranking them."""
+    mentions = inputs.mentions
+    positions = np.flatnonzero(np.isin(mentions.split, TRAINING_SPLITS))
+    k = max(settings.rerank_k, settings.hard_negative_pool + 1)
+    mined, stats = mine_candidates(matcher, mentions, inputs.mentions_store, inputs.entities, positions, k, device,
+                                   logger)
+    dev = mentions.select("dev")
+    ranking = rank_mentions(matcher, mined, inputs.mentions_store, inputs.entities, dev, device, settings.rerank_k,
+                            batch_size=settings.eval_batch_size)
+    metrics = ranking_metrics(ranking.gold_rank)
+    recall = {split: _recall(mined, mentions.select(split), settings.rerank_k) for split in TRAINING_SPLITS}
+    return mined, {"dev_mrr": metrics["mrr"], "dev_hits@1": metrics["hits@1"], "k": settings.rerank_k,
+                   "dev_recall": recall["dev"], "train_recall": recall["train"], "mining_seconds": stats["seconds"]}
+
+
+def _recall(mentions: Mentions, positions: np.ndarray, k: int) -> float:
+    hits = [mentions.gold_row[p] in set(mentions.candidates[p][:k].tolist()) for p in positions.tolist()]
+    return float(np.mean(hits)) if hits else 0.0
 
 
 def current_model(lake: Lake) -> dict:
@@ -147,18 +222,26 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class Trainer:
     def __init__(self, settings: TrainingSettings, inputs: Inputs, config: MMoEConfig, run: RunFolder,
-                 fingerprint: str, logger):
+                 fingerprint: str, logger, candidates: Mentions | None = None, initial: str | None = None,
+                 round_number: int = 1):
+        """`candidates`: the mentions with the candidate lists to draw hard negatives from and rerank dev over
+        (default: the zero-shot index's); `initial`: a checkpoint to start from (a later round)."""
         self.settings, self.inputs, self.config, self.folder = settings, inputs, config, run
         self.fingerprint, self.logger = fingerprint, logger
         self.device = settings.torch_device()
-        self.mentions = inputs.mentions
+        self.mentions = candidates if candidates is not None else inputs.mentions
+        self.round = round_number
+        # Each round draws its own data order and negatives; round 1 keeps the seed as it is.
+        self.seed = settings.seed if round_number == 1 else epoch_seed(settings.seed, 1_000_000 + round_number)
         self.data: TrainSet = train_set(self.mentions, settings.hard_negative_pool)
         self.dev_positions = self.mentions.select("dev")
         if len(self.dev_positions) == 0:
             raise MELUserError("The dev split has no linkable (non-nil) mention: early stopping and model selection "
                                "need dev mentions; add some to the dataset's dev file.")
-        seed_everything(settings.seed)
+        seed_everything(self.seed)
         self.model = MMoEMatcher(config).to(self.device)
+        if initial is not None:
+            self.model.load_state_dict(load_checkpoint(initial, config, device=self.device).model.state_dict())
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, settings.weight_decay),
                                            lr=settings.learning_rate)
         self.autocast_dtype = self._autocast_dtype()
@@ -219,8 +302,8 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         settings = self.settings
         started = time.perf_counter()
-        torch.manual_seed(epoch_seed(settings.seed, epoch))
-        batches = epoch_batches(self.data, settings.batch_size, settings.hard_negatives, settings.seed, epoch)
+        torch.manual_seed(epoch_seed(self.seed, epoch))
+        batches = epoch_batches(self.data, settings.batch_size, settings.hard_negatives, self.seed, epoch)
         self.model.train()
         sums: dict[str, float] = {}
         progress = tqdm(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch", file=LogStream(self.logger),
@@ -244,7 +327,7 @@ class Trainer:
         targets = torch.as_tensor(batch.targets, device=self.device)
         with self._autocast():
             scores = self.model.score_all_pairs(mentions, entities)
-        loss, parts = mmoe_loss(scores, targets)
+        loss, parts = mmoe_loss(scores, targets, self.settings.retrieval_loss_weight)
         if not torch.isfinite(loss):
             shown = mention_ids[:32].tolist()
             raise NonFiniteLoss(
@@ -276,8 +359,10 @@ class Trainer:
     def _log_start(self) -> None:
         s = self.settings
         left_out = ", ".join(f"{count} {reason}" for reason, count in self.data.left_out.items() if count)
+        source = ("the zero-shot index's candidates" if self.round == 1
+                  else f"candidates mined from round {self.round - 1}'s trained index")
         self.logger.info(
-            f"Training MMoE ({self.config.gate_mode} gate, top-{self.config.top_k} of {self.config.num_experts} "
+            f"Round {self.round} of training MMoE on {source} ({self.config.gate_mode} gate, top-{self.config.top_k} of {self.config.num_experts} "
             f"experts, units {'+'.join(self.config.units)}, {parameter_count(self.model):,} parameters) on "
             f"{self.device}{' with ' + str(self.autocast_dtype).replace('torch.', '') + ' autocast' if self.autocast_dtype else ''}: "
             f"{len(self.data)} train mentions ({left_out or 'none'} left out), {len(self.dev_positions)} dev; "
@@ -304,7 +389,7 @@ class Trainer:
             parameters=parameter_count(self.model),
             samples_per_second=round(len(self.data) * len(history) / train_seconds, 2),
             device=str(self.device), train_mentions=len(self.data), left_out=self.data.left_out,
-            stopped_early=stopped_early, resumed_from_epoch=progress["resumed_from"],
+            stopped_early=stopped_early, resumed_from_epoch=progress["resumed_from"], round=self.round,
             inputs=self.inputs.training_fingerprints(),
             encoder=self.inputs.entities.encoder)
         final = self._on_disk(progress, finished=True)
