@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS_SCHEMA = pa.schema([
     ("mention_id", pa.string()),
     ("split", pa.string()),
-    ("scoring", pa.string()),  # rerank@K | full_kb
+    ("scoring", pa.string()),  # rerank@K (trained index when there is one) | zero_shot_rerank@K | full_kb
     ("is_nil", pa.bool_()),
     ("gold_index", pa.int64()),  # KB index; null for nil
     ("gold_rank", pa.int32()),  # 1-based; K + 1 (E + 1) = miss; null for nil
@@ -89,6 +89,8 @@ class EvaluationReport:
     extra: dict = field(default_factory=dict)
     mentions_ranked: int = 0  # dev/test mentions ranked anew by this evaluation
     mentions_reused: int = 0  # dev/test mentions whose stored predictions rows were kept (inputs unchanged)
+    retrieval: list[dict] = field(default_factory=list)  # recall@1/10/50/100 per split of each index reranked
+    timings: list[dict] = field(default_factory=list)  # per (split, scoring): mentions ranked anew, ms per mention
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -110,8 +112,13 @@ def _metric_columns(row: dict) -> dict:
 
 
 def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: Inputs | None = None,
-                   logger=log, out_dir: Path | None = None, write_predictions: bool = True) -> EvaluationReport:
+                   logger=log, out_dir: Path | None = None, write_predictions: bool = True,
+                   retrieval: Mentions | None = None, retrieval_fingerprint: str = "") -> EvaluationReport:
     """Evaluate the model described by `model` (a TrainingReport dict: checkpoint, fingerprint, encoder).
+
+    `retrieval`: the mentions with the trained index's candidates (`retrieval_candidates`). Given, `rerank@K`
+    reranks those and `zero_shot_rerank@K` the zero-shot index's (`inputs.mentions`), side by side; without,
+    `rerank@K` reranks the zero-shot index's.
 
     `out_dir` (default `<lake>/mmoe/evaluation`) receives the rank histogram; `write_predictions=False`
     evaluates without replacing the lake's predictions table (ablations). Stored predictions rows whose
@@ -121,7 +128,7 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
     inputs = inputs or Inputs.open(lake)
     out_dir = Path(out_dir or lake.root / "mmoe" / "evaluation")
     fingerprint = hash_strings([EVALUATION_VERSION, model["fingerprint"], json.dumps(inputs.fingerprints(), sort_keys=True),
-                                str(settings.rerank_k), str(settings.full_kb)])
+                                str(settings.rerank_k), str(settings.full_kb), retrieval_fingerprint])
     if write_predictions and lake.table_fingerprint(PREDICTIONS_TABLE) == fingerprint:
         stored = lake.table_extra(PREDICTIONS_TABLE)
         if Path(stored.get("histogram_path", "")).is_file():
@@ -133,31 +140,35 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
     matcher = load_matcher(model, settings, inputs.entities, device, logger, inputs.training_fingerprints())
     mentions = inputs.mentions
     split_positions = _split_positions(mentions, logger)
-    keys = RowKeys(inputs, model_identity(model), settings.rerank_k, matcher.reference_mode)
+    keys = RowKeys(inputs, model_identity(model), settings.rerank_k, matcher.reference_mode,
+                   _candidate_sources(inputs, settings, retrieval))
     blocks = _plan(split_positions, settings, keys, _stored_rows(lake))
     entities = _encode_needed(matcher, inputs, blocks, settings, device, started, logger)
     kb_index = inputs.entities.ids.astype(np.int64)
     for block in blocks:
         if len(block.to_rank):
-            ranking = rank_mentions(matcher, mentions, inputs.mentions_store, inputs.entities, block.to_rank, device,
-                                    settings.rerank_k, full_kb=block.scoring == FULL_KB,
+            ranked_at = time.perf_counter()
+            ranking = rank_mentions(matcher, block.mentions, inputs.mentions_store, inputs.entities, block.to_rank,
+                                    device, settings.rerank_k, full_kb=block.scoring == FULL_KB,
                                     batch_size=settings.eval_batch_size, entities=entities)
-            block.add_ranked(ranking_rows(block.split, ranking, mentions, kb_index, keys))
+            block.seconds = time.perf_counter() - ranked_at
+            block.add_ranked(ranking_rows(block.split, block.scoring, ranking, mentions, kb_index, keys))
     seconds = time.perf_counter() - started
     ranked_ids = {mentions.ids[p] for block in blocks for p in block.to_rank.tolist()}
     evaluated = {mentions.ids[p] for positions in split_positions.values() for p in positions.tolist()}
     logger.info(f"Ranked {len(ranked_ids)} mentions anew; reused the stored predictions of "
                 f"{len(evaluated) - len(ranked_ids)} (model, features and candidates unchanged).")
 
-    metrics = [_metrics_row(block.split, block.scoring, block.rows(), block.miss_rank(inputs)) for block in blocks]
+    metrics = [_metrics_row(block, inputs) for block in blocks]
     baselines = _baseline_rows(inputs, split_positions, settings.rerank_k)
+    retrieval_rows = _retrieval_rows(keys.sources, split_positions, settings.rerank_k, trained=retrieval is not None)
     for row in metrics + baselines:
         method = f"zero-shot CLIP ({row['modality']})" if "modality" in row else f"MMoE {row['scoring']}"
         logger.info(f"{row['split']} {method}: MRR {row['mrr']:.4f}, "
                     f"hits@1 {row['hits@1']:.4f}, hits@10 {row['hits@10']:.4f}, MR {row['mr']:.2f} "
                     f"({row['count']} mentions)")
 
-    test_rerank = next(b for b in blocks if b.split == "test" and b.scoring != FULL_KB)
+    test_rerank = next(b for b in blocks if b.split == "test" and b.scoring.startswith("rerank@"))
     test = split_positions["test"]
     linkable_test = test[~mentions.is_nil[test]]
     zero_shot = np.minimum(zero_shot_ranks(inputs.entities, inputs.mentions_store, mentions, linkable_test, "both"),
@@ -173,7 +184,8 @@ def evaluate_model(lake: Lake, settings: TrainingSettings, model: dict, inputs: 
         mentions_per_second=round(ranked_rows / max(seconds, 1e-9), 2),
         entities_encoded=len(entities) if entities is not None else 0,
         extra={"device": str(device), "gate_mode": matcher.config.gate_mode, "rerank_k": settings.rerank_k},
-        mentions_ranked=len(ranked_ids), mentions_reused=len(evaluated) - len(ranked_ids))
+        mentions_ranked=len(ranked_ids), mentions_reused=len(evaluated) - len(ranked_ids), retrieval=retrieval_rows,
+        timings=[_timing_row(block) for block in blocks])
     if write_predictions:
         table = pa.Table.from_pylist([row for block in blocks for row in block.rows()], schema=PREDICTIONS_SCHEMA)
         lake.write_table(PREDICTIONS_TABLE, table, fingerprint, extra=report.as_dict())
@@ -191,8 +203,10 @@ class RowKeys:
     fingerprint) and, with the reference gate, whose scores depend on the batch, the split's other mentions.
     """
 
-    def __init__(self, inputs: Inputs, model_fingerprint: str, rerank_k: int, reference: bool):
+    def __init__(self, inputs: Inputs, model_fingerprint: str, rerank_k: int, reference: bool,
+                 sources: dict[str, Mentions] | None = None):
         self.inputs, self.model, self.k, self.reference = inputs, model_fingerprint, rerank_k, reference
+        self.sources = sources or {f"rerank@{rerank_k}": inputs.mentions}  # scoring -> whose candidates
         m = inputs.mentions
         self.mention_key = store_keys(inputs.mentions_store, m.mention_row)
         self.gold_key = store_keys(inputs.entities, m.gold_row)
@@ -202,13 +216,14 @@ class RowKeys:
 
     def key(self, position: int, scoring: str) -> str:
         m = self.inputs.mentions
+        candidates = self.sources.get(scoring, m)
         parts = [EVALUATION_VERSION, self.model, scoring, m.ids[position], m.split[position],
                  str(m.gold_index[position]), str(bool(m.is_nil[position])), self.mention_key[position],
-                 self.gold_key[position], m.candidate_problem[position] or ""]
+                 self.gold_key[position], candidates.candidate_problem[position] or ""]
         if scoring == FULL_KB:
             parts += [self.inputs.entities.fingerprint, self._split(m.split[position]) if self.reference else ""]
         else:
-            rows = m.candidates[position][:self.k]
+            rows = candidates.candidates[position][:self.k]
             parts += [f"{self.kb_index[row]}:{self._entity_key(row)}" for row in rows.tolist()]
         return hash_strings(parts)
 
@@ -231,9 +246,11 @@ class _Block:
 
     split: str
     scoring: str
+    mentions: Mentions  # with the candidate lists this scoring reranks
     positions: np.ndarray  # every mention of the split, in table order
     stored: list[dict | None]  # the reusable stored row per position (None: rank it)
     ranked: dict = field(default_factory=dict)  # position -> new row
+    seconds: float = 0.0  # ranking the new rows, entity encodings ready
 
     @cached_property
     def to_rank(self) -> np.ndarray:
@@ -249,6 +266,20 @@ class _Block:
         return len(inputs.entities) + 1 if self.scoring == FULL_KB else int(self.scoring.split("@")[1]) + 1
 
 
+ZERO_SHOT = "zero_shot_"  # prefix of the scoring that reranks the zero-shot index's candidates
+
+
+def _candidate_sources(inputs: Inputs, settings: TrainingSettings, retrieval: Mentions | None) -> dict[str, Mentions]:
+    """Scoring mode -> the mentions whose candidate lists it reranks (full KB: any, it reads none)."""
+    k = settings.rerank_k
+    sources = {f"rerank@{k}": retrieval if retrieval is not None else inputs.mentions}
+    if retrieval is not None:
+        sources[f"{ZERO_SHOT}rerank@{k}"] = inputs.mentions
+    if settings.full_kb:
+        sources[FULL_KB] = inputs.mentions
+    return sources
+
+
 def model_identity(model: dict) -> str:
     """The trained run's fingerprint and the digest of its weights: a run retrained under the same fingerprint
     (its folder deleted, or on CUDA, where runs are close but not bit-identical) invalidates the rows."""
@@ -259,18 +290,17 @@ def model_identity(model: dict) -> str:
 def _plan(split_positions: dict[str, np.ndarray], settings: TrainingSettings, keys: RowKeys,
           stored: dict[tuple[str, str], dict]) -> list[_Block]:
     """One block per (split, scoring mode); a stored row is reused when its row_key is the current one."""
-    scorings = [f"rerank@{settings.rerank_k}"] + ([FULL_KB] if settings.full_kb else [])
     mentions = keys.inputs.mentions
     blocks = []
     for split, positions in split_positions.items():
-        for scoring in scorings:
+        for scoring, source in keys.sources.items():
             row_keys = [keys.key(p, scoring) for p in positions.tolist()]
             reusable = []
             for p, key in zip(positions.tolist(), row_keys):
                 row = stored.get((str(mentions.ids[p]), scoring))
                 reusable.append(row if row is not None and row.get("row_key") == key and row["split"] == split
                                 else None)
-            blocks.append(_Block(split, scoring, positions, reusable))
+            blocks.append(_Block(split, scoring, source, positions, reusable))
     return blocks
 
 
@@ -292,9 +322,8 @@ def _encode_needed(matcher, inputs: Inputs, blocks: list[_Block], settings: Trai
     if any(block.scoring == FULL_KB and len(block.to_rank) for block in blocks):
         rows = np.arange(len(inputs.entities))
     else:
-        to_rank = [block.to_rank for block in blocks]
-        rows = candidate_union(inputs.mentions, np.concatenate(to_rank) if to_rank else np.zeros(0, np.int64),
-                               settings.rerank_k)
+        unions = [candidate_union(block.mentions, block.to_rank, settings.rerank_k) for block in blocks]
+        rows = np.unique(np.concatenate(unions)) if unions else np.zeros(0, np.int64)
     if len(rows) == 0:
         return None
     entities = EncodedEntities.build(matcher, inputs.entities, rows, device)
@@ -344,13 +373,47 @@ def _split_positions(mentions: Mentions, logger) -> dict[str, np.ndarray]:
     return positions
 
 
-def _metrics_row(split: str, scoring: str, rows: list[dict], miss_rank: int) -> dict:
+def _metrics_row(block: _Block, inputs: Inputs) -> dict:
+    split, scoring, rows, miss_rank = block.split, block.scoring, block.rows(), block.miss_rank(inputs)
     linkable = [row for row in rows if not row["is_nil"]]
     ranks = np.asarray([row["gold_rank"] for row in linkable], dtype=np.int64)
     unscored = sum(1 for row in linkable if row["entities_scored"] == 0)
     return {"split": split, "scoring": scoring, **ranking_metrics(ranks),
             "outside_top_k": int((ranks == miss_rank).sum()) - unscored, "unscored": unscored,
             "miss_rank": miss_rank}
+
+
+def _timing_row(block: _Block) -> dict:
+    """What ranking this block's new rows cost, entity encodings ready (none ranked: nothing measured)."""
+    ranked = len(block.to_rank)
+    return {"split": block.split, "scoring": block.scoring, "ranked": ranked, "seconds": round(block.seconds, 3),
+            "ms_per_mention": round(1000 * block.seconds / ranked, 3) if ranked else None}
+
+
+RECALL_AT = (1, 10, 50, 100)
+
+
+def _retrieval_rows(sources: dict[str, Mentions], split_positions: dict[str, np.ndarray], k: int,
+                    trained: bool) -> list[dict]:
+    """Recall@n (n in 1, 10, 50, 100 up to K, and K) of the gold among each reranked candidate list, per split,
+    over every non-nil mention (`trained`: `rerank@K` reranks the trained index's candidates)."""
+    cutoffs = sorted({n for n in RECALL_AT if n <= k} | {k})
+    rows = []
+    for scoring, mentions in sources.items():
+        if scoring == FULL_KB:
+            continue
+        index = "trained" if trained and not scoring.startswith(ZERO_SHOT) else "zero-shot CLIP"
+        for split, positions in split_positions.items():
+            linkable = positions[~mentions.is_nil[positions]]
+            ranks = np.asarray([_position_of(mentions.candidates[p], mentions.gold_row[p]) for p in linkable.tolist()])
+            rows.append({"index": index, "scoring": scoring, "split": split, "mentions": len(linkable),
+                         **{f"recall@{n}": float((ranks <= n).mean()) if len(ranks) else 0.0 for n in cutoffs}})
+    return rows
+
+
+def _position_of(candidates: np.ndarray, gold_row: int) -> float:
+    hits = np.flatnonzero(candidates == gold_row) if gold_row >= 0 else []
+    return float(hits[0] + 1) if len(hits) else float("inf")
 
 
 def _baseline_rows(inputs: Inputs, split_positions: dict[str, np.ndarray], rerank_k: int) -> list[dict]:
@@ -364,14 +427,14 @@ def _baseline_rows(inputs: Inputs, split_positions: dict[str, np.ndarray], reran
     return rows
 
 
-def ranking_rows(split: str, ranking: Ranking, mentions: Mentions, kb_index: np.ndarray,
+def ranking_rows(split: str, scoring: str, ranking: Ranking, mentions: Mentions, kb_index: np.ndarray,
                  keys: RowKeys) -> dict[int, dict]:
     """The predictions rows of a ranking, by position in Mentions."""
     rows = {}
     for i, position in enumerate(ranking.positions.tolist()):
         nil = bool(mentions.is_nil[position])
         gold = int(mentions.gold_index[position])
-        row = {"mention_id": str(mentions.ids[position]), "split": split, "scoring": ranking.scoring, "is_nil": nil,
+        row = {"mention_id": str(mentions.ids[position]), "split": split, "scoring": scoring, "is_nil": nil,
                "gold_index": None if gold < 0 else gold, "gold_rank": None if nil else int(ranking.gold_rank[i]),
                "entities_scored": int(ranking.scored[i]), "top_entities": kb_index[ranking.top_rows[i]].tolist(),
                "top_scores": ranking.top_scores[i].tolist()}
@@ -379,7 +442,7 @@ def ranking_rows(split: str, ranking: Ranking, mentions: Mentions, kb_index: np.
             values = ranking.top_units.get(unit)
             row[f"top_{unit}_scores"] = None if values is None or values[i] is None else values[i].tolist()
         row.update(routing=ranking.routing[i], problem=ranking.problems[i],
-                   row_key=keys.key(position, ranking.scoring))
+                   row_key=keys.key(position, scoring))
         rows[position] = row
     return rows
 
