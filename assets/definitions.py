@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import descriptions, features, index, ingest, linking, training, wikidata
+from assets import descriptions, features, index, ingest, linking, retrieval, training, wikidata
 from assets.resources import DatasetResource, LakeResource
 
 # One step at a time: the heavy steps (LLM, CLIP, training) each want the whole GPU or every CPU core,
@@ -19,6 +19,8 @@ defs = dg.Definitions(
         features.mention_features,
         index.entity_index,
         index.mention_candidates,
+        retrieval.retrieval_index,
+        retrieval.retrieval_candidates,
         training.mmoe_model,
         training.evaluation,
         linking.links,
@@ -32,6 +34,7 @@ defs = dg.Definitions(
         features.mention_features_finite_and_shaped,
         index.index_matches_features,
         index.candidate_recall_floor,
+        retrieval.retrieval_index_matches_model,
         training.mmoe_beats_zero_shot,
         training.evaluation_covers_every_test_mention,
     ],

@@ -107,9 +107,11 @@ refresh_job = dg.define_asset_job(
 
 kb_refresh_job = dg.define_asset_job(
     "refresh_kb",
-    selection=dg.AssetSelection.assets("mentions", "entities", "quarantine", "entity_features", "entity_index"),
+    selection=dg.AssetSelection.assets("mentions", "entities", "quarantine", "entity_features", "entity_index",
+                                       "retrieval_index"),
     description="Re-ingest after a KB change (kb_entity.json, qid2id.json, kb_image/ or inbox/kb/ change files) "
-    "and update the entity features and the index in place; new entities are linkable at once, no retraining.",
+    "and update the entity features and both indexes in place (the trained one encodes only the changed "
+    "entities); new entities are linkable at once, no retraining.",
 )
 
 

@@ -42,7 +42,7 @@ class InboxResource(dg.ConfigurableResource):
 
 @dg.asset(
     partitions_def=PARTITIONS,
-    deps=["entities", "entity_index", "mmoe_model"],
+    deps=["entities", "retrieval_index", "mmoe_model"],
     group_name=GROUP,
     kinds={"pytorch", "parquet"},
     code_version=LINK_VERSION,

@@ -16,14 +16,17 @@ from assets.metadata import markdown_table, table_metadata
 from assets.resources import LakeResource, user_errors
 from pipeline.plots import png_markdown
 from pipeline.training.data import Inputs, mention_store_dir
-from pipeline.training.evaluate import EVALUATION_VERSION, PREDICTIONS_TABLE, evaluate_model, missing_test_predictions
+from pipeline.training.evaluate import EVALUATION_VERSION, PREDICTIONS_TABLE, missing_test_predictions
+from pipeline.training.retrieval import evaluate_over_trained_index
 from pipeline.training.settings import HEAD_LR, UNIT_NAMES, TrainingSettings
 from pipeline.training.train import TRAINING_VERSION, current_model, train_mmoe
 
 GROUP = "model"
 DEFAULTS = TrainingSettings()
-EPOCH_COLUMNS = ["epoch", "loss", "loss_total", "loss_text", "loss_image", "loss_cross", "dev_mrr", "dev_hits@1",
-                 "dev_hits@10", "seconds", "samples_per_second"]
+EPOCH_COLUMNS = ["epoch", "loss", "loss_total", "loss_text", "loss_image", "loss_cross", "loss_retrieval", "dev_mrr",
+                 "dev_hits@1", "dev_hits@10", "seconds", "samples_per_second"]
+ROUND_COLUMNS = ["round", "epochs", "best_epoch", "dev_mrr", "dev_hits@1", "dev_recall", "train_recall", "k",
+                 "dev_mrr_round_candidates", "mining_seconds"]
 METRIC_COLUMNS = ["split", "scoring", "hits@1", "hits@3", "hits@5", "hits@10", "hits@20", "mr", "mrr", "count",
                   "outside_top_k", "unscored"]
 
@@ -50,6 +53,13 @@ class TrainingResource(dg.ConfigurableResource):
                                 "candidates (gold excluded).")
     hard_negative_pool: int = Field(default=DEFAULTS.hard_negative_pool, description="Hard negatives are drawn "
                                     "among this many best non-gold candidates.")
+    retrieval_loss_weight: float = Field(default=DEFAULTS.retrieval_loss_weight, description="Weight of the "
+                                         "cross-entropy of the score's separable part, which the trained index "
+                                         "ranks by; 0 = train the total score only.")
+    retrieval_rounds: int = Field(default=DEFAULTS.retrieval_rounds, description="Most training rounds: round 1 "
+                                  "draws hard negatives from the zero-shot index, each later one from the previous "
+                                  "round's trained index; they stop when dev MRR over the trained index stops "
+                                  "improving.")
     seed: int = Field(default=DEFAULTS.seed, description="Seed of initialisation, data order and negatives.")
     device: str = Field(default=DEFAULTS.device, description="auto (cuda when available) | cpu | cuda | cuda:N.")
     amp: bool = Field(default=DEFAULTS.amp, description="bf16/fp16 autocast on CUDA.")
@@ -63,7 +73,8 @@ class TrainingResource(dg.ConfigurableResource):
             preset=self.preset, gate_mode=self.gate_mode, top_k=self.top_k, hidden_dim=self.hidden_dim,
             units=tuple(self.units), lr_preset=self.lr_preset, lr=self.lr, weight_decay=self.weight_decay,
             batch_size=self.batch_size, epochs=self.epochs, patience=self.patience,
-            hard_negatives=self.hard_negatives, hard_negative_pool=self.hard_negative_pool, seed=self.seed,
+            hard_negatives=self.hard_negatives, hard_negative_pool=self.hard_negative_pool,
+            retrieval_loss_weight=self.retrieval_loss_weight, retrieval_rounds=self.retrieval_rounds, seed=self.seed,
             device=self.device, amp=self.amp, rerank_k=self.rerank_k, full_kb=self.full_kb,
             eval_batch_size=self.eval_batch_size)
 
@@ -99,6 +110,11 @@ def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: 
             "best_epoch": report.best_epoch,
             "epochs_run": len(report.history),
             "stopped_early": report.stopped_early,
+            "rounds": dg.MetadataValue.md(markdown_table([_rounded(row) for row in report.rounds], ROUND_COLUMNS)),
+            "best_round": report.round,
+            "rounds_run": len(report.rounds),
+            "dev_mrr_trained_index": float(report.rounds[report.round - 1]["dev_mrr"]),
+            "dev_recall_trained_index": float(report.rounds[report.round - 1]["dev_recall"]),
             "dev_mrr": float(best["mrr"]),
             "dev_hits@1": float(best["hits@1"]),
             "dev_hits@10": float(best["hits@10"]),
@@ -118,7 +134,8 @@ def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: 
 
 
 @dg.asset(
-    deps=["mmoe_model", "mention_candidates", "entity_features", "mention_features", "mentions"],
+    deps=["mmoe_model", "retrieval_candidates", "mention_candidates", "entity_features", "mention_features",
+          "mentions"],
     group_name=GROUP,
     code_version=EVALUATION_VERSION,
     kinds={"pytorch", "parquet"},
@@ -132,8 +149,8 @@ def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: 
                clip: ClipResource) -> dg.MaterializeResult:
     store = lake.lake()
     with user_errors():
-        report = evaluate_model(store, training.settings(), current_model(store), _inputs(store, clip),
-                                logger=context.log)
+        report = evaluate_over_trained_index(store, training.settings(), current_model(store), _inputs(store, clip),
+                                             logger=context.log)
     predictions = store.read_table(PREDICTIONS_TABLE)
     comparison = report.comparison("test")
     return dg.MaterializeResult(
@@ -146,6 +163,10 @@ def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: 
             **{f"{row['split']}/zero_shot_{row['modality']}/{name}": float(row[name]) for row in report.baselines
                for name in ("hits@1", "mrr")},
             "metrics": dg.MetadataValue.md(markdown_table([_rounded(row) for row in report.metrics], METRIC_COLUMNS)),
+            "retrieval": dg.MetadataValue.md(markdown_table([_rounded(row) for row in report.retrieval])),
+            "ranking_time": dg.MetadataValue.md(markdown_table(report.timings)),
+            **{f"{row['split']}/{row['index'].split()[0]}_index/{name}": float(value) for row in report.retrieval
+               for name, value in row.items() if name.startswith("recall@")},
             "comparison_test": dg.MetadataValue.md(markdown_table([_rounded(row) for row in comparison])),
             "rank_histogram": dg.MetadataValue.md(png_markdown(report.histogram_png(), "rank histogram")),
             "nil_mentions": dg.MetadataValue.json(report.nil_mentions),

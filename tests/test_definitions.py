@@ -8,7 +8,7 @@ GROUPS = {
     "ingest": {"mentions", "entities", "quarantine"},
     "enhance": {"wikidata_candidates", "mention_descriptions"},
     "features": {"entity_features", "mention_features"},
-    "index": {"entity_index", "mention_candidates"},
+    "index": {"entity_index", "mention_candidates", "retrieval_index", "retrieval_candidates"},
     "model": {"mmoe_model", "evaluation"},
     "linking": {"links"},
 }

@@ -6,8 +6,9 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from assets import training
+from assets import retrieval, training
 from assets.features import ClipResource
+from assets.index import IndexResource
 from assets.resources import LakeResource
 from pipeline.lake import Lake
 from pipeline.training.synthetic import build_synthetic_lake
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 def materialize(lake_root, instance, checks=(training.mmoe_beats_zero_shot,), **settings):
     return dg.materialize(
-        [training.mmoe_model, training.evaluation, *checks],
+        [training.mmoe_model, retrieval.retrieval_index, retrieval.retrieval_candidates, training.evaluation, *checks],
         instance=instance,
-        resources={"lake": LakeResource(root=str(lake_root)), "clip": ClipResource(),
+        resources={"lake": LakeResource(root=str(lake_root)), "clip": ClipResource(), "index": IndexResource(top_k=20),
                    "training": training.TrainingResource(**{**SMALL, **settings})},
         raise_on_error=False,
     )
@@ -49,9 +50,10 @@ def test_training_and_evaluation_show_epochs_metrics_comparison_and_histogram(tm
     assert "![rank histogram](data:image/png;base64," in evaluation["rank_histogram"]
     assert "zero-shot CLIP (both)" in evaluation["comparison_test"] and "MMoE (rerank@20)" in evaluation["comparison_test"]
     assert 0 < evaluation["test/rerank@20/mrr"] <= 1 and evaluation["test/zero_shot_text/mrr"] > 0
-    assert evaluation["dagster/row_count"] == 48  # every dev and test mention, nil ones included
+    # every dev and test mention, nil ones included, reranked over the trained and over the zero-shot index
+    assert evaluation["dagster/row_count"] == 2 * 48
     assert (evaluation["mentions_ranked"], evaluation["mentions_reused"]) == (48, 0)  # a first evaluation ranks all
-    [check] = first.get_asset_check_evaluations()
+    [check] = [e for e in first.get_asset_check_evaluations() if e.check_name == "mmoe_beats_zero_shot"]
     assert check.metadata["mmoe_test_mrr"].value == evaluation["test/rerank@20/mrr"]
 
     assert metadata_of(second, "mmoe_model")["reused_stored_model"] is True
@@ -98,7 +100,8 @@ def test_the_assets_load_beside_the_upstream_stages():
 
     defs = dg.Definitions(
         assets=[features.entity_features, features.mention_features, index.entity_index,
-                index.mention_candidates, training.mmoe_model, training.evaluation],
+                index.mention_candidates, retrieval.retrieval_index, retrieval.retrieval_candidates,
+                training.mmoe_model, training.evaluation],
         asset_checks=[training.mmoe_beats_zero_shot, training.evaluation_covers_every_test_mention],
         resources={"lake": LakeResource(), "clip": ClipResource(), "index": index.IndexResource(),
                    "training": training.TrainingResource()},

@@ -3,8 +3,9 @@ partition.
 
 The stages of the pipeline, applied to the file's mentions alone and reusing every cache:
 WikiData candidates (the lookup cache) -> the LLM's description choice (the choice cache) -> CLIP features
-(a content-addressed store per partition, `features/inbox/<key>`) -> FAISS top-K from the entity index ->
-MMoE reranking with the model in `mmoe/current.json`. Mentions get their text the way the training mentions
+(a content-addressed store per partition, `features/inbox/<key>`) -> FAISS top-K from the trained retrieval
+index (the model's own vectors, `pipeline.training.retrieval`) -> MMoE reranking with the model in
+`mmoe/current.json`: one query and one rerank per mention, whatever the KB's size. Mentions get their text the way the training mentions
 got theirs (the description source recorded in the main mention store), so the model sees what it was
 trained on.
 
@@ -36,12 +37,13 @@ from pipeline.errors import MELUserError
 from pipeline.features import FeatureStore, mention_items_of, mention_store_name, store_dir
 from pipeline.hashing import hash_strings
 from pipeline.index import (
-    EntityIndex, IndexSettings, ItemVectors, check_compatible, index_dir, read_index_config, search_mentions,
+    EntityIndex, IndexSettings, check_compatible, read_index_config, search_mentions,
 )
 from pipeline.lake import Lake
 from pipeline.linking.inbox import InboxBatch, read_inbox_file
 from pipeline.training.data import Mentions, kb_rows, rows_or_missing, store_keys
-from pipeline.training.evaluate import load_matcher
+from pipeline.training.evaluate import load_matcher, model_identity
+from pipeline.training.retrieval import TrainedMentionQueries, open_retrieval_index, retrieval_index_dir
 from pipeline.training.scoring import TOP_SAVED, rank_mentions
 from pipeline.training.settings import TrainingSettings
 from pipeline.training.train import current_model
@@ -129,9 +131,10 @@ def read_links(lake: Lake) -> pa.Table:
 def linking_state(lake: Lake) -> dict:
     """The model and index that links are made with now; a partition made with others is out of date."""
     model = current_model(lake)
-    index = read_index_config(index_dir(lake))
+    index = read_index_config(retrieval_index_dir(lake))
     if index is None:
-        raise MELUserError(f"There is no entity index at {index_dir(lake)}; materialize entity_index first.")
+        raise MELUserError(f"There is no trained retrieval index at {retrieval_index_dir(lake)}; materialize "
+                           "retrieval_index first.")
     return {"model": model["fingerprint"], "index": index["fingerprint"]}
 
 
@@ -157,7 +160,7 @@ def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: Lin
     started = time.perf_counter()
     batch = read_inbox_file(lake, dataset_dir, key)
     model = current_model(lake)
-    index = EntityIndex.load(index_dir(lake))
+    index = open_retrieval_index(lake, model)
     entities = FeatureStore.open(store_dir(lake, "entity_features"))
     description_source = _trained_description_source(lake, settings.description_source)
     encoder = settings.encoder.identity()
@@ -180,8 +183,11 @@ def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: Lin
                 f"{len(batch.rejected)} rejected.")
     descriptions = _descriptions(lake, dataset_dir, batch, settings, description_source, stats, logger)
     store = _features(lake, dataset_dir, batch, descriptions, settings, stats, logger)
-    found = _candidates(index, store, batch, settings, stats, logger)
-    rows = _rerank(lake, batch, model, index, entities, store, found, descriptions, settings, stats, logger)
+    device = settings.training.torch_device()
+    matcher = load_matcher(model, None, entities, device, logger)
+    found = _candidates(index, TrainedMentionQueries(matcher, model_identity(model), store, device), batch, settings,
+                        stats, logger)
+    rows = _rerank(lake, batch, matcher, model, index, entities, store, found, descriptions, settings, stats, logger)
     rows += _rejected_rows(batch)
     common = dict(partition=key, model=model["fingerprint"], checkpoint=model["checkpoint"],
                   encoder=json.dumps(encoder, sort_keys=True), index=index.fingerprint,
@@ -247,20 +253,21 @@ class _Found:
     problems: list[str | None]
 
 
-def _candidates(index: EntityIndex, store: FeatureStore, batch: InboxBatch, settings: LinkSettings, stats: dict,
-                logger) -> _Found:
-    vectors = ItemVectors.from_store(store)
-    check_compatible(index, vectors)
+def _candidates(index: EntityIndex, queries: TrainedMentionQueries, batch: InboxBatch, settings: LinkSettings,
+                stats: dict, logger) -> _Found:
+    """One FAISS query per mention against the trained index (its cost does not grow with the KB's size)."""
+    check_compatible(index, queries)
     k = min(settings.top_k, len(index))
     candidates, _, problems, searched = search_mentions(
-        index, vectors, batch.mentions.column("mention_id").to_pylist(), k, settings.index,
+        index, queries, batch.mentions.column("mention_id").to_pylist(), k, settings.index,
         settings.index.gpu(), logger)
     stats["candidates"] = {"searched": searched, "k": k}
     return _Found([np.asarray(c, dtype=np.int64) for c in candidates], problems)
 
 
-def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: FeatureStore, store: FeatureStore,
-            found: _Found, descriptions, settings: LinkSettings, stats: dict, logger) -> list[dict]:
+def _rerank(lake, batch: InboxBatch, matcher, model: dict, index: EntityIndex, entities: FeatureStore,
+            store: FeatureStore, found: _Found, descriptions, settings: LinkSettings, stats: dict,
+            logger) -> list[dict]:
     """One row per usable mention: stored rows whose link key is unchanged, the others reranked now."""
     training = settings.training
     k = training.rerank_k
@@ -281,7 +288,7 @@ def _rerank(lake, batch: InboxBatch, model: dict, index: EntityIndex, entities: 
     if len(mention_ids) - len(todo):
         logger.info(f"{batch.key}: {len(mention_ids) - len(todo)} mentions keep their links (same features, "
                     f"candidates and model); reranking {len(todo)}.")
-    fresh = _rank(batch, model, entities, store, mention_rows, found, todo, settings, logger) if todo else {}
+    fresh = _rank(batch, matcher, entities, store, mention_rows, found, todo, settings) if todo else {}
     names = _entity_names(lake)
     rows = []
     for i, mention_id in enumerate(mention_ids):
@@ -308,12 +315,11 @@ _MENTION_FIELDS = ("mention_id", "record_id", "record_index", "status", "problem
                    "description", "gold_qid", "gold_rank", "correct", "top_entities", "routing", "link_key")
 
 
-def _rank(batch: InboxBatch, model: dict, entities: FeatureStore, store: FeatureStore, mention_rows: np.ndarray,
-          found: _Found, todo: list[int], settings: LinkSettings, logger) -> dict[int, dict]:
+def _rank(batch: InboxBatch, matcher, entities: FeatureStore, store: FeatureStore, mention_rows: np.ndarray,
+          found: _Found, todo: list[int], settings: LinkSettings) -> dict[int, dict]:
     """Rerank the FAISS candidates of the mention rows `todo` with the trained matcher."""
     training = settings.training
     device = training.torch_device()
-    matcher = load_matcher(model, None, entities, device, logger)
     kb_row = kb_rows(entities)
     mention_ids = np.asarray(batch.mentions.column("mention_id").to_pylist(), dtype=str)
     gold = np.asarray([g if g is not None and labelled else -1 for g, labelled in
