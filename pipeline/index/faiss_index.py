@@ -1,8 +1,9 @@
 """The FAISS entity index: build, keep in sync with the entity features, save, load, search.
 
 Kinds. Up to ``flat_max_entities`` usable entities the index is exact: ``IndexIDMap2``
-around ``IndexFlatIP``; batched exact search runs as one matrix product (BLAS), which on a
-CPU stays competitive with IVF up to a few hundred thousand entities (bench/faiss.md), and
+around ``IndexFlatIP``; batched exact search runs as one matrix product (BLAS) and a top-k over
+the index's own vectors, which on a CPU stays competitive with IVF up to a few hundred thousand
+entities (bench/faiss.md, bench/retrieval.md), and
 candidate recall is the ceiling of linking accuracy. Past it, IVF: inner product, spherical
 k-means centroids trained on a fixed-seed sample of ``TRAIN_POINTS_PER_LIST * nlist``
 entities, ``nlist`` about 4 sqrt(N) unless set, ``nprobe`` chosen at search time. Its lists
@@ -54,6 +55,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_bytes, hash_strings
@@ -252,7 +254,8 @@ class EntityIndex:
             return _gpu_searcher(self.index, self.kind, nprobe)
         if self.kind == "ivf":
             faiss.extract_index_ivf(self.index).nprobe = nprobe
-        return self.index.search
+            return self.index.search
+        return _matmul_searcher(self.index)
 
     # -- storage -----------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -357,6 +360,34 @@ def _trained_ivf(source: VectorSource, scan: EntityScan, fill: np.ndarray, nlist
     index.clustering_index = None
     sample_key = hash_strings(scan.keys[int(i)] for i in sample)
     return index, sample_key
+
+
+EXACT_QUERY_CHUNK = 256  # queries per matrix product: 256 x 200k entities of float32 scores = 200 MB
+
+
+def _matmul_searcher(index: faiss.Index):
+    """Exact top-k on the CPU as one matrix product and a top-k per chunk of queries (torch), over the flat
+    index's own vectors (a view, not a copy). FAISS's flat search gives the same result but spends most of
+    its time selecting k = 100 of 100k scores: 6x slower here (bench/retrieval.md)."""
+    flat = faiss.downcast_index(index.index)
+    if flat.ntotal == 0:
+        return index.search
+    vectors = torch.from_numpy(faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d))
+    ids = faiss.vector_to_array(index.id_map)
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = min(k, len(ids))
+        scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
+        labels = np.full((len(queries), k), -1, dtype=np.int64)
+        for start in range(0, len(queries), EXACT_QUERY_CHUNK):
+            chunk = torch.from_numpy(np.ascontiguousarray(queries[start:start + EXACT_QUERY_CHUNK], np.float32))
+            top, positions = (chunk @ vectors.T).topk(found, dim=1)
+            scores[start:start + len(chunk), :found] = top.numpy()
+            labels[start:start + len(chunk), :found] = ids[positions.numpy()]
+        return scores, labels
+
+    search.index = index  # the vectors are a view of the index's memory: keep it alive with the searcher
+    return search
 
 
 _GPU_RESOURCES = None

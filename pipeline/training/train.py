@@ -9,6 +9,12 @@ rate (see `settings.py` for its default), batch 32, up to 20 epochs; after each 
 FAISS top-K are reranked and training stops when dev MRR has not improved for `patience` epochs
 (`patience=0` never stops early). The best epoch's weights are the result.
 
+Rounds (`train_rounds`): round 1 trains on the zero-shot index's candidates; each later round continues from
+the previous round's best weights with hard negatives and dev candidates mined from that model's own trained
+index (`retrieval.mine_candidates`), and training keeps the round with the best dev MRR over its own trained
+top-K. The loss then also weighs the cross-entropy of the score's separable part (`retrieval_loss_weight`),
+which is what the trained index ranks by.
+
 Reproducibility: the data order and hard negatives of epoch e come from (seed, epoch), and torch's generator
 is re-seeded from (seed, epoch) at each epoch start, so a run resumed after a crash draws what the
 uninterrupted run drew; on the CPU the final weights are bit-identical. On CUDA, autocast (bf16, or fp16 with
