@@ -73,7 +73,9 @@ def test_a_new_entity_is_encoded_and_added_in_place_without_retraining(trained, 
     index = EntityIndex.load(retrieval_index_dir(trained))
     matcher = load_checkpoint(model["checkpoint"]).model.eval()
     vector, _ = encode_vectors(matcher, FeatureStore.open(entity_store_dir(trained)), np.array([7]), CPU, True)
-    np.testing.assert_allclose(index.index.reconstruct(7), vector[0], rtol=1e-5, atol=1e-6)
+    stored = index.index.reconstruct(7)  # [r, sqrt(M^2 - |r|^2)]: the same inner product with any [q, 0]
+    np.testing.assert_allclose(stored[:-1], vector[0], rtol=1e-5, atol=1e-6)
+    assert np.isclose(np.linalg.norm(stored), index.fill[0], rtol=1e-4)  # on the sphere of the build's radius
 
 
 def test_another_models_index_is_refused_naming_both(trained, tmp_path):
@@ -150,3 +152,15 @@ def test_evaluation_reports_the_trained_and_the_zero_shot_index_side_by_side(tra
     misses = round((1 - recall["trained"]["recall@20"]) * recall["trained"]["mentions"])
     assert test["rerank@20"]["count"] == test["zero_shot_rerank@20"]["count"] == test["full_kb"]["count"]
     assert test["rerank@20"]["outside_top_k"] + test["rerank@20"]["unscored"] == misses
+
+
+def test_mention_features_of_another_encoder_are_refused_naming_both(tmp_path):
+    lake = build_synthetic_lake(Lake(tmp_path / "lake"))
+    model = train_mmoe(lake, SMALL.replace(epochs=1, retrieval_rounds=1)).as_dict()
+    build_retrieval_index(lake, model, INDEX, CPU)
+    rewrite_store(mention_store_dir(lake), encoder={"arch": "ViT-B-32", "weights": "openai"})
+
+    with pytest.raises(MELUserError) as refused:
+        find_retrieval_candidates(lake, model, FeatureStore.open(mention_store_dir(lake)), INDEX, 20, CPU)
+    message = str(refused.value)
+    assert "arch=ViT-B-32" in message and "arch=synthetic" in message and "Traceback" not in message

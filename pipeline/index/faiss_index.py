@@ -27,8 +27,8 @@ more than ``RETRAIN_FRACTION`` of the entities changed since the frozen statisti
 mean image used for image-less entities, the IVF centroids) were computed.
 
 Storage. Each save writes a new generation folder (index.faiss, entities.parquet,
-problems.parquet, image_fill.npy, each file atomically) and then commits it by atomically
-replacing ``index.json``, which names the generation. A crash at any point leaves the
+problems.parquet, fill.npy with the statistics frozen at the build; each file atomically) and
+then commits it by atomically replacing ``index.json``, which names the generation. A crash at any point leaves the
 previous ``index.json`` pointing at a complete previous generation. The previous
 generation is kept so that a reader that loaded the old ``index.json`` a moment ago can
 still open its files.
@@ -63,7 +63,7 @@ from pipeline.index.vectors import BATCH_ROWS, ClipEntityVectors, EntityScan, It
 from pipeline.lake import Lake, atomic_path, write_text_atomic
 from pipeline.locks import exclusive_lock
 
-INDEX_FORMAT = "1"
+INDEX_FORMAT = "2"  # 2: fill.npy (was image_fill.npy), any VectorSource
 KINDS = ("auto", "flat", "ivf")
 GPU_CHOICES = ("auto", "always", "never")
 RETRAIN_FRACTION = 0.25
@@ -162,12 +162,12 @@ class EntityIndex:
     """A FAISS index over the combined entity vectors, with its content keys and config."""
 
     def __init__(self, index: faiss.Index, config: dict, keys: dict[int, str], problems: list[dict],
-                 image_fill: np.ndarray):
+                 fill: np.ndarray):
         self.index = index
         self.config = config
         self.keys = keys
         self.problems = problems
-        self.image_fill = image_fill
+        self.fill = fill  # the source's statistics frozen at the build (VectorSource.fill)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -232,7 +232,7 @@ class EntityIndex:
         order = np.argsort(rows)  # read the memory-mapped store front to back
         rows, ids = rows[order], np.asarray(kb_indices, dtype=np.int64)[order]
         for start in range(0, len(rows), BATCH_ROWS):
-            vectors = source.vectors(rows[start:start + BATCH_ROWS], self.image_fill)
+            vectors = source.vectors(rows[start:start + BATCH_ROWS], self.fill)
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids[start:start + BATCH_ROWS])
         for kb_index in kb_indices:
             self.keys[kb_index] = scan.keys[kb_index]
@@ -240,7 +240,7 @@ class EntityIndex:
     def _refresh_fingerprint(self, source: VectorSource) -> None:
         """A digest of what the index contains, independent of how it got there (build or sync)."""
         parts = [INDEX_FORMAT, self.kind, json.dumps(source.identity, sort_keys=True), str(self.config["nlist"]),
-                 str(self.config["trained_on"]["sample_key"]), hash_bytes(self.image_fill.tobytes())]
+                 str(self.config["trained_on"]["sample_key"]), hash_bytes(self.fill.tobytes())]
         for kb_index in sorted(self.keys):
             parts += [str(kb_index), self.keys[kb_index]]
         self.config.update(fingerprint=hash_strings(parts), entities=len(self.keys),
@@ -269,9 +269,9 @@ class EntityIndex:
         _write_parquet(folder / "entities.parquet", pa.table(
             {"kb_index": pa.array(ids, pa.int64()), "content_key": [self.keys[i] for i in ids]}))
         _write_parquet(folder / "problems.parquet", pa.Table.from_pylist(self.problems, schema=PROBLEMS_SCHEMA))
-        with atomic_path(folder / "image_fill.npy") as temp:
+        with atomic_path(folder / "fill.npy") as temp:
             with open(temp, "wb") as f:
-                np.save(f, self.image_fill)
+                np.save(f, self.fill)
         previous = _committed_generation(directory)
         self.config.update(generation=generation, saved_at=dt.datetime.now(dt.timezone.utc).isoformat())
         self.commit_config(directory)
@@ -294,7 +294,7 @@ class EntityIndex:
             index = faiss.read_index(str(folder / "index.faiss"))
             entities = pq.read_table(folder / "entities.parquet").to_pydict()
             problems = pq.read_table(folder / "problems.parquet").to_pylist()
-            image_fill = np.load(folder / "image_fill.npy")
+            fill = np.load(folder / "fill.npy")
         except (OSError, KeyError, ValueError, RuntimeError, pa.ArrowException) as error:
             raise MELUserError(f"The {asset} at {directory} is incomplete or corrupt ({error}); "
                                f"re-materialize {asset}.") from None
@@ -302,7 +302,7 @@ class EntityIndex:
         if len(keys) != index.ntotal:
             raise MELUserError(f"The {asset} at {directory} holds {index.ntotal} vectors but lists "
                                f"{len(keys)} entities; re-materialize {asset}.")
-        return cls(index, config, keys, problems, image_fill)
+        return cls(index, config, keys, problems, fill)
 
 
 PROBLEMS_SCHEMA = pa.schema([("kb_index", pa.int64()), ("problem", pa.string()), ("action", pa.string())])
