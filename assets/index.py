@@ -16,6 +16,7 @@ from pipeline.features import FeatureStore, mention_store_name, store_dir
 from pipeline.index import (
     COMBINATION_RULE,
     EntityIndex,
+    IndexReport,
     IndexSettings,
     ItemVectors,
     find_mention_candidates,
@@ -79,29 +80,36 @@ def entity_index(context: dg.AssetExecutionContext, lake: LakeResource, index: I
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
         metadata={
-            "dagster/row_count": report.entities,
-            "index_kind": report.kind,
-            "entities": report.entities,
+            **index_metadata(report, gpu),
             "dim": report.dim,
             "index_dim": 2 * report.dim,
-            "nlist": report.nlist or 0,
-            "action": report.action,
-            "reason": report.reason,
-            "added": report.counts.added,
-            "removed": report.counts.removed,
-            "updated": report.counts.updated,
-            "unchanged": report.counts.unchanged,
-            "excluded_entities": len(excluded),
             "text_only_entities": len(report.problems) - len(excluded),
-            "problems": dg.MetadataValue.md(markdown_table(report.problems[:20])),
-            "seconds": report.seconds,
-            "gpu": gpu,
             "encoder": dg.MetadataValue.json(report.encoder),
             "combination_rule": COMBINATION_RULE,
-            "fingerprint": report.fingerprint,
-            "path": dg.MetadataValue.path(report.directory),
         },
     )
+
+
+def index_metadata(report: IndexReport, gpu: bool) -> dict:
+    """What every index asset shows: size, kind, what the update did and why, the entities left out."""
+    return {
+        "dagster/row_count": report.entities,
+        "index_kind": report.kind,
+        "entities": report.entities,
+        "nlist": report.nlist or 0,
+        "action": report.action,
+        "reason": report.reason,
+        "added": report.counts.added,
+        "removed": report.counts.removed,
+        "updated": report.counts.updated,
+        "unchanged": report.counts.unchanged,
+        "excluded_entities": sum(1 for p in report.problems if p["action"] == "excluded"),
+        "problems": dg.MetadataValue.md(markdown_table(report.problems[:20])),
+        "seconds": report.seconds,
+        "gpu": gpu,
+        "fingerprint": report.fingerprint,
+        "path": dg.MetadataValue.path(report.directory),
+    }
 
 
 @dg.asset(

@@ -9,7 +9,7 @@ here next to the trained index's as the baseline.
 import dagster as dg
 
 from assets.features import ClipResource
-from assets.index import IndexResource, recall_metadata, recall_rows
+from assets.index import IndexResource, index_metadata, recall_metadata, recall_rows
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import LakeResource, user_errors
 from assets.training import TrainingResource
@@ -46,30 +46,14 @@ def retrieval_index(context: dg.AssetExecutionContext, lake: LakeResource, index
         gpu = settings.gpu()
         report = build_retrieval_index(store, current_model(store), settings, training.settings().torch_device(),
                                        logger=context.log)
-    built = report.index
-    excluded = [p for p in built.problems if p["action"] == "excluded"]
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(built.fingerprint),
+        data_version=dg.DataVersion(report.index.fingerprint),
         metadata={
-            "dagster/row_count": built.entities,
-            "index_kind": built.kind,
-            "entities": built.entities,
-            "index_dim": built.dim,
-            "action": built.action,
-            "reason": built.reason,
+            **index_metadata(report.index, gpu),
+            "index_dim": report.index.dim + 1,
             "entities_encoded": report.encoded,
-            "added": built.counts.added,
-            "removed": built.counts.removed,
-            "updated": built.counts.updated,
-            "unchanged": built.counts.unchanged,
-            "excluded_entities": len(excluded),
-            "problems": dg.MetadataValue.md(markdown_table(built.problems[:20])),
             "model": report.model[:12],
             "device": report.device,
-            "gpu": gpu,
-            "seconds": built.seconds,
-            "fingerprint": built.fingerprint,
-            "path": dg.MetadataValue.path(built.directory),
         },
     )
 
