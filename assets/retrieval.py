@@ -50,7 +50,7 @@ def retrieval_index(context: dg.AssetExecutionContext, lake: LakeResource, index
         data_version=dg.DataVersion(report.index.fingerprint),
         metadata={
             **index_metadata(report.index, gpu),
-            "index_dim": report.index.dim + 1,
+            "index_dim": report.index.dim,
             "entities_encoded": report.encoded,
             "model": report.model[:12],
             "device": report.device,

@@ -45,8 +45,7 @@ from pipeline.training.evaluate import EvaluationReport, evaluate_model, load_ma
 from pipeline.training.scoring import REFERENCE_ENTITY_CHUNK, REFERENCE_MENTION_CHUNK
 
 RETRIEVAL_VERSION = "1"  # bump when the vectors of a given model change
-RETRIEVAL_RULE = ("the trained matcher's separable score part: r = concat(text cls, image cls, cross ti, cross it)"
-                  "/sqrt(2n); entity [r, sqrt(M^2 - |r|^2)], query [r, 0], M = largest entity norm at the build")
+RETRIEVAL_RULE = "the trained matcher's separable score part: concat(text cls, image cls, cross ti, cross it)/sqrt(2n)"
 RETRIEVAL_TABLE = "retrieval_candidates"
 ASSET = "retrieval_index"
 ENCODE_BATCH = 256
@@ -92,7 +91,7 @@ def encode_vectors(matcher: MMoEMatcher, store: FeatureStore, rows: np.ndarray, 
 
 def _identity(matcher: MMoEMatcher, store: FeatureStore, model_identity: str) -> dict:
     dim = retrieval_dim(matcher.config)
-    return {"encoder": store.encoder, "dim": dim, "index_dim": dim + 1, "combination_rule": RETRIEVAL_RULE,
+    return {"encoder": store.encoder, "dim": dim, "index_dim": dim, "combination_rule": RETRIEVAL_RULE,
             "combination_version": RETRIEVAL_VERSION, "model": model_identity}
 
 
@@ -100,14 +99,10 @@ class TrainedEntityVectors:
     """The entity store's retrieval vectors under a trained matcher: a `VectorSource` for `EntityIndex`.
 
     `scan` encodes only the entities whose content key the stored index does not hold yet (new or changed
-    features, or a first build) and keeps those vectors for `vectors`.
-
-    The vectors' norms differ (an inner product is not a cosine here), which IVF's spherical k-means does not
-    suit: measured on 100k entities, nprobe 32 kept 71 % of the golds that exact search kept. So each entity
-    vector gets one more component, sqrt(M^2 - |r|^2) with M the largest norm at the build (frozen with the
-    index like the CLIP rule's mean image), which puts every entity on one sphere, and each query a 0 there,
-    which leaves every inner product as it was (the reduction of maximum inner product search to nearest
-    neighbours, Bachrach et al. 2014). An entity added later with a larger norm gets 0: its score stays exact.
+    features, or a first build) and keeps those vectors for `vectors`. Exact (flat) search is what these
+    vectors are measured with: IVF over them needs a far larger nprobe than over CLIP's unit vectors for the
+    same recall (bench/retrieval.md), so keep `flat_max_entities` above the KB's size where the GPU or the
+    CPU allows.
     """
 
     usable = "retrieval vector"
@@ -144,16 +139,9 @@ class TrainedEntityVectors:
                                     for row, problem in sorted(failed.items())])
 
     def fill(self, scan: EntityScan) -> np.ndarray:
-        """[M]: the largest norm of the usable entities' vectors, frozen at a build."""
-        rows = np.asarray(sorted(scan.rows.values()), dtype=np.int64)
-        return np.asarray([np.linalg.norm(self._retrieval(rows), axis=1).max()], dtype=np.float32)
+        return np.zeros(0, dtype=np.float32)  # nothing frozen at a build
 
     def vectors(self, rows: np.ndarray, fill: np.ndarray) -> np.ndarray:
-        vectors = self._retrieval(rows)
-        squared = np.square(np.float64(fill[0])) - np.square(vectors.astype(np.float64)).sum(axis=1)
-        return np.concatenate([vectors, np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)[:, None]], axis=1)
-
-    def _retrieval(self, rows: np.ndarray) -> np.ndarray:
         """The retrieval vectors [n, R] of store rows, encoding those that `scan` did not (a rebuild)."""
         missing = [row for row in rows.tolist() if row not in self._computed]
         if missing:
@@ -162,7 +150,7 @@ class TrainedEntityVectors:
             for row, vector in zip(missing, vectors):
                 self._computed[row] = vector
         if not len(rows):
-            return np.zeros((0, self.index_dim - 1), np.float32)
+            return np.zeros((0, self.index_dim), np.float32)
         return np.stack([self._computed[row] for row in rows.tolist()])
 
 
@@ -178,10 +166,8 @@ class TrainedMentionQueries:
         self.source = f"{store.root} (retrieval vectors of model {model_identity[:12]})"
 
     def queries(self, rows: np.ndarray):
-        """[r, 0]: the entities' extra component (see TrainedEntityVectors) adds nothing to a score."""
         vectors, problems = encode_vectors(self.matcher, self.store, rows, self.device, is_entity=False)
-        queries = np.concatenate([vectors, np.zeros((len(vectors), 1), np.float32)], axis=1)
-        return queries, np.asarray([problem is None for problem in problems], dtype=bool), problems
+        return vectors, np.asarray([problem is None for problem in problems], dtype=bool), problems
 
 
 # -- the stages -----------------------------------------------------------------------------------------
