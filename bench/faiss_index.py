@@ -164,7 +164,7 @@ def ivf_with_float32_lists(index, items, nprobes, query_vectors, folder) -> list
                              faiss.METRIC_INNER_PRODUCT)
     for start in range(0, len(items), 8192):
         rows = np.arange(start, min(start + 8192, len(items)))
-        ivf.add_with_ids(entity_matrix(read_checked(items, rows), index.image_fill), items.ids[rows])
+        ivf.add_with_ids(entity_matrix(read_checked(items, rows), index.fill), items.ids[rows])
     results = []
     for nprobe in nprobes:
         ivf.nprobe = nprobe
