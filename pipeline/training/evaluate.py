@@ -1,6 +1,12 @@
 """Evaluate the trained matcher: rerank each mention's FAISS top-K (and optionally score the full KB),
 metrics per split, the `predictions` table, zero-shot CLIP baselines and a rank histogram.
 
+Scorings, side by side on the same mentions: `rerank@K` reranks the trained index's top-K (the system's
+answer, `retrieval_candidates`), `zero_shot_rerank@K` the zero-shot CLIP index's (`mention_candidates`), and
+`full_kb` scores every entity (`full_kb=True`); `retrieval` gives both indexes' recall@n and `timings` the
+time per mention of each scoring with the entity encodings ready. Called without trained candidates,
+`rerank@K` reranks the zero-shot index's.
+
 Protocol. Every mention of the dev and test splits is ranked; metrics (Hits@1/3/5/10/20, MR, MRR) are over its
 non-nil mentions, all of them: a mention whose gold is outside its top K, which has no candidates or unusable
 features counts as a miss with rank K + 1 (E + 1 when scoring the full KB of E entities), never dropped; how
