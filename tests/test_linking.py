@@ -259,6 +259,10 @@ def test_ten_new_kb_entities_are_linkable_without_retraining(world, instance):
     assert index_event.metadata["added"].value == 10 and index_event.metadata["action"].value != "rebuilt"
     [features_event] = refresh.asset_materializations_for_node("entity_features")
     assert features_event.metadata["items_encoded"].value == 10
+    # the trained index: the ten new entities' vectors from their features, added in place by the same model
+    [trained_event] = refresh.asset_materializations_for_node("retrieval_index")
+    assert trained_event.metadata["entities_encoded"].value == 10 and trained_event.metadata["added"].value == 10
+    assert trained_event.metadata["action"].value == "synced"
 
     shutil.copy(kb_images / "Q990003_0.jpg", world.dataset / "mention_image" / "keeper.jpg")
     mention = {"id": "k1", "sentence": "Quillon Varnet 3 kept the lighthouse burning all winter.",
