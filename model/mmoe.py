@@ -286,7 +286,14 @@ class MMoEMatcher(nn.Module):
         alone, so a KB's encodings can be computed once (under no_grad) and scored in chunks."""
         return self._encode(features, is_entity=True, with_routing=with_routing)
 
-    def _encode(self, features: MMoEFeatures, is_entity: bool, with_routing: bool) -> Encoding:
+    def encode_for_retrieval(self, features: MMoEFeatures, is_entity: bool) -> Encoding:
+        """What `retrieval_vectors` reads (class vectors, the cross unit), without the intra units' experts
+        over tokens, whose routed states feed only the pairwise global-to-local term: a cheaper encoding
+        with the same retrieval vectors."""
+        return self._encode(features, is_entity, with_routing=False, retrieval_only=True)
+
+    def _encode(self, features: MMoEFeatures, is_entity: bool, with_routing: bool,
+                retrieval_only: bool = False) -> Encoding:
         cfg = self.config
         check_feature_shapes(features, cfg.embed_dim, cfg.text_dim, cfg.image_token_dim)
         batch_shape = features.batch_shape
@@ -303,14 +310,21 @@ class MMoEMatcher(nn.Module):
         text = image = cross = None
         routed: dict[str, RoutedSequence] = {}
         if self.text_unit is not None:
-            text, routed["text"] = self.text_unit.encode(text_cls, text_tokens, text_mask)
+            if retrieval_only:
+                text = IntraEncoding(text_cls, None, None, text_mask)
+            else:
+                text, routed["text"] = self.text_unit.encode(text_cls, text_tokens, text_mask)
         if self.vision_unit is not None:
-            image, routed["image"] = self.vision_unit.encode(image_cls, image_tokens, None)
+            if retrieval_only:
+                image = IntraEncoding(image_cls, None, None, None)
+            else:
+                image, routed["image"] = self.vision_unit.encode(image_cls, image_tokens, None)
         if self.cross_unit is not None:
             cross, cross_routed = self.cross_unit.encode(text_cls, text_tokens, text_mask, image_cls, image_tokens,
                                                          is_entity)
             routed.update(cross_routed)
-        aux_loss = torch.stack([r.moe.aux_loss.float() for r in routed.values()]).mean()
+        aux_loss = (torch.stack([r.moe.aux_loss.float() for r in routed.values()]).mean() if routed
+                    else text_cls.new_zeros(()))
         routing = None
         if with_routing:
             routing = {name: routing_from_weights(r.moe.weights, cfg.top_k, r.mask) for name, r in routed.items()}

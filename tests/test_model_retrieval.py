@@ -63,3 +63,14 @@ def test_retrieval_loss_is_weighted_and_absent_by_default():
     expected = 0.5 * torch.nn.functional.cross_entropy(scores.retrieval, torch.arange(4))
     torch.testing.assert_close(parts["retrieval"], expected.detach())
     torch.testing.assert_close(loss.detach(), sum(parts.values()))
+
+
+@pytest.mark.parametrize("units", [("text", "image", "cross"), ("text",), ("image",)])
+def test_the_retrieval_encoding_gives_the_same_vectors_without_the_intra_experts(units):
+    torch.manual_seed(0)
+    matcher = MMoEMatcher(TINY.replace(units=units)).eval()
+    features = make_features(6, seed=3)
+    for is_entity in (False, True):
+        full = matcher.encode_entities(features) if is_entity else matcher.encode_mentions(features)
+        cheap = matcher.encode_for_retrieval(features, is_entity)
+        torch.testing.assert_close(matcher.retrieval_vectors(cheap), matcher.retrieval_vectors(full), rtol=0, atol=0)

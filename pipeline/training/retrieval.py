@@ -79,8 +79,7 @@ def encode_vectors(matcher: MMoEMatcher, store: FeatureStore, rows: np.ndarray, 
             if not usable.any():
                 continue
             features = features.select(torch.as_tensor(usable, device=device))
-            encode = matcher.encode_entities if is_entity else matcher.encode_mentions
-            vectors = matcher.retrieval_vectors(encode(features)).float().cpu().numpy()
+            vectors = matcher.retrieval_vectors(matcher.encode_for_retrieval(features, is_entity)).float().cpu().numpy()
             finite = np.isfinite(vectors).all(axis=1)
             positions = start + np.flatnonzero(usable)
             out[positions[finite]] = vectors[finite]
