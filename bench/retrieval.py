@@ -65,8 +65,8 @@ def run_variant(args, weight: float) -> dict:
                             retrieval_fingerprint=lake.table_fingerprint(RETRIEVAL_TABLE) or "",
                             out_dir=lake.root / "bench")
     zero_shot = lake.table_extra("mention_candidates")
-    return {"weight": weight, "model": model, "training_seconds": training_seconds, "index_seconds": built.index.seconds,
-            "report": report, "search_ms": {
+    return {"weight": weight, "model": model, "training_seconds": training_seconds,
+            "index_seconds": built.index.seconds, "report": report, "search_ms": {
                 "trained": 1000 * candidates.stats["search_seconds"] / max(candidates.stats["searched"], 1),
                 "zero-shot CLIP": 1000 * zero_shot["search_seconds"] / max(zero_shot["searched"], 1)},
             "threads": torch.get_num_threads()}

@@ -50,7 +50,8 @@ def test_the_trained_index_returns_the_top_k_of_the_separable_score(trained):
     kb = entities.ids.astype(np.int64)
     for row in table[:10]:  # an exact index: the same top 20 as scoring every entity by hand
         assert row["candidates"] == kb[exact[row_of[row["mention_id"]]]].tolist()
-    gold = {row["mention_id"]: row["gold_index"] for row in table if row["split"] == "test" and row["gold_index"] is not None}
+    gold = {row["mention_id"]: row["gold_index"] for row in table
+            if row["split"] == "test" and row["gold_index"] is not None}
     found = sum(gold[row["mention_id"]] in row["candidates"][:10] for row in table if row["mention_id"] in gold)
     assert candidates.stats["recall"]["test"]["recall@10"] == found / len(gold)
 

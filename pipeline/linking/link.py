@@ -5,9 +5,9 @@ The stages of the pipeline, applied to the file's mentions alone and reusing eve
 WikiData candidates (the lookup cache) -> the LLM's description choice (the choice cache) -> CLIP features
 (a content-addressed store per partition, `features/inbox/<key>`) -> FAISS top-K from the trained retrieval
 index (the model's own vectors, `pipeline.training.retrieval`) -> MMoE reranking with the model in
-`mmoe/current.json`: one query and one rerank per mention, whatever the KB's size. Mentions get their text the way the training mentions
-got theirs (the description source recorded in the main mention store), so the model sees what it was
-trained on.
+`mmoe/current.json`: per mention one FAISS query and one rerank of K, never the matcher over the whole KB.
+Mentions get their text the way the training mentions got theirs (the description source recorded in the
+main mention store), so the model sees what it was trained on.
 
 Work is skipped at two levels. A partition whose inputs are unchanged (file content, model, index, encoder,
 settings) is reused whole. Otherwise each mention has a link key, hash(model, its features, its candidates
@@ -255,7 +255,7 @@ class _Found:
 
 def _candidates(index: EntityIndex, queries: TrainedMentionQueries, batch: InboxBatch, settings: LinkSettings,
                 stats: dict, logger) -> _Found:
-    """One FAISS query per mention against the trained index (its cost does not grow with the KB's size)."""
+    """One FAISS query per mention against the trained index, with the model's own query vector."""
     check_compatible(index, queries)
     k = min(settings.top_k, len(index))
     candidates, _, problems, searched = search_mentions(
