@@ -250,7 +250,8 @@ def report(args, prepared: dict, results: dict) -> None:
         disagree = int(((ranks[inside] == 1) != (full_ranks[inside] == 1)).sum())
         print(f"\n{mode}: rank time ratio full/{mode}: {rank_ms['full'] / rank_ms[mode]:.0f}x; total (with "
               f"encoding) ratio: {total_ms['full'] / total_ms[mode]:.1f}x; Hits@1 disagreements with full KB on the "
-              f"{int(inside.sum())} of {int(linkable.sum())} mentions whose gold is in the zero-shot top-100: {disagree}")
+              f"{int(inside.sum())} of {int(linkable.sum())} mentions whose gold is in the zero-shot top-100: "
+              f"{disagree}")
 
 
 if __name__ == "__main__":

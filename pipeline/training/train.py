@@ -368,7 +368,8 @@ class Trainer:
         source = ("the zero-shot index's candidates" if self.round == 1
                   else f"candidates mined from round {self.round - 1}'s trained index")
         self.logger.info(
-            f"Round {self.round} of training MMoE on {source} ({self.config.gate_mode} gate, top-{self.config.top_k} of {self.config.num_experts} "
+            f"Round {self.round} of training MMoE on {source} ({self.config.gate_mode} gate, "
+            f"top-{self.config.top_k} of {self.config.num_experts} "
             f"experts, units {'+'.join(self.config.units)}, {parameter_count(self.model):,} parameters) on "
             f"{self.device}{' with ' + str(self.autocast_dtype).replace('torch.', '') + ' autocast' if self.autocast_dtype else ''}: "
             f"{len(self.data)} train mentions ({left_out or 'none'} left out), {len(self.dev_positions)} dev; "
