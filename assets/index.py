@@ -15,6 +15,7 @@ from pipeline.errors import MELUserError
 from pipeline.features import FeatureStore, mention_store_name, store_dir
 from pipeline.index import (
     COMBINATION_RULE,
+    CandidatesReport,
     EntityIndex,
     IndexReport,
     IndexSettings,
@@ -128,31 +129,37 @@ def mention_candidates(context: dg.AssetExecutionContext, lake: LakeResource, in
         mentions = feature_vectors(store, mention_store_name(clip.description_source))
         report = find_mention_candidates(store, EntityIndex.load(index_dir(store)), mentions, index.settings(),
                                          index.top_k, logger=context.log)
-    stats = report.stats
     table = store.read_table("mention_candidates")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
         metadata={
-            **table_metadata(table, store.table_path("mention_candidates"),
-                             ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
-            **recall_metadata(stats["recall"]),
-            "recall": dg.MetadataValue.md(markdown_table(recall_rows(stats["recall"]))),
-            "recall_plot": dg.MetadataValue.md(png_markdown(recall_curve_png(recall_curves(table, stats["k"]),
-                                                                             stats["k"]), "recall@K per split")),
-            "k": stats["k"],
-            "nprobe": stats["nprobe"] or 0,
-            "index_kind": stats["index_kind"],
-            "device": stats["device"],
-            "queries_per_second": stats["queries_per_second"],
-            "search_seconds": stats["search_seconds"],
-            "mentions_with_problems": sum(stats["problems"].values()),
-            "problems": dg.MetadataValue.md(markdown_table(
-                [{"problem": problem, "mentions": count} for problem, count in stats["problems"].items()])),
-            "mentions_with_fewer_than_k": stats["fewer_than_k"],
-            "reused_stored_output": report.reused,
-            "fingerprint": report.fingerprint,
+            **candidates_metadata(report, table, store.table_path("mention_candidates"), "recall@K per split"),
+            "recall": dg.MetadataValue.md(markdown_table(recall_rows(report.stats["recall"]))),
         },
     )
+
+
+def candidates_metadata(report: CandidatesReport, table, path, plot_title: str) -> dict:
+    """What every candidates asset shows: the table, recall per split (numbers and a plot), the search."""
+    stats = report.stats
+    return {
+        **table_metadata(table, path, ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
+        **recall_metadata(stats["recall"]),
+        "recall_plot": dg.MetadataValue.md(png_markdown(recall_curve_png(recall_curves(table, stats["k"]),
+                                                                         stats["k"]), plot_title)),
+        "k": stats["k"],
+        "nprobe": stats["nprobe"] or 0,
+        "index_kind": stats["index_kind"],
+        "device": stats["device"],
+        "queries_per_second": stats["queries_per_second"],
+        "search_seconds": stats["search_seconds"],
+        "mentions_with_problems": sum(stats["problems"].values()),
+        "problems": dg.MetadataValue.md(markdown_table(
+            [{"problem": problem, "mentions": count} for problem, count in stats["problems"].items()])),
+        "mentions_with_fewer_than_k": stats["fewer_than_k"],
+        "reused_stored_output": report.reused,
+        "fingerprint": report.fingerprint,
+    }
 
 
 def recall_metadata(recall: dict[str, dict]) -> dict:

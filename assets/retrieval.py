@@ -9,15 +9,13 @@ here next to the trained index's as the baseline.
 import dagster as dg
 
 from assets.features import ClipResource
-from assets.index import IndexResource, index_metadata, recall_metadata, recall_rows
-from assets.metadata import markdown_table, table_metadata
+from assets.index import IndexResource, candidates_metadata, index_metadata, recall_metadata, recall_rows
+from assets.metadata import markdown_table
 from assets.resources import LakeResource, user_errors
 from assets.training import TrainingResource
 from pipeline.errors import MELUserError
 from pipeline.features import FeatureStore, mention_store_name, store_dir
 from pipeline.index.candidates import TABLE as ZERO_SHOT_TABLE
-from pipeline.plots import png_markdown, recall_curve_png
-from pipeline.index import recall_curves
 from pipeline.training.retrieval import (
     RETRIEVAL_TABLE, RETRIEVAL_VERSION, build_retrieval_index, check_retrieval_index, find_retrieval_candidates,
     retrieval_index_dir,
@@ -74,30 +72,16 @@ def retrieval_candidates(context: dg.AssetExecutionContext, lake: LakeResource, 
         mentions = FeatureStore.open(store_dir(store, mention_store_name(clip.description_source)))
         report = find_retrieval_candidates(store, current_model(store), mentions, index.settings(), index.top_k,
                                            training.settings().torch_device(), logger=context.log)
-    stats = report.stats
     zero_shot = store.table_extra(ZERO_SHOT_TABLE).get("recall", {}) if store.has_table(ZERO_SHOT_TABLE) else {}
     table = store.read_table(RETRIEVAL_TABLE)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
         metadata={
-            **table_metadata(table, store.table_path(RETRIEVAL_TABLE),
-                             ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
-            **recall_metadata(stats["recall"]),
+            **candidates_metadata(report, table, store.table_path(RETRIEVAL_TABLE), "trained index recall@K"),
             **{f"zero_shot_{name}": value for name, value in recall_metadata(zero_shot).items()},
             "recall": dg.MetadataValue.md(markdown_table(
-                [{"index": "trained", **row} for row in recall_rows(stats["recall"])]
+                [{"index": "trained", **row} for row in recall_rows(report.stats["recall"])]
                 + [{"index": "zero-shot CLIP", **row} for row in recall_rows(zero_shot)])),
-            "recall_plot": dg.MetadataValue.md(png_markdown(recall_curve_png(recall_curves(table, stats["k"]),
-                                                                             stats["k"]), "trained recall@K")),
-            "k": stats["k"],
-            "index_kind": stats["index_kind"],
-            "device": stats["device"],
-            "queries_per_second": stats["queries_per_second"],
-            "mentions_with_problems": sum(stats["problems"].values()),
-            "problems": dg.MetadataValue.md(markdown_table(
-                [{"problem": problem, "mentions": count} for problem, count in stats["problems"].items()])),
-            "reused_stored_output": report.reused,
-            "fingerprint": report.fingerprint,
         },
     )
 
