@@ -366,28 +366,36 @@ EXACT_QUERY_CHUNK = 256  # queries per matrix product: 256 x 200k entities of fl
 
 
 def _matmul_searcher(index: faiss.Index):
-    """Exact top-k on the CPU as one matrix product and a top-k per chunk of queries (torch), over the flat
-    index's own vectors (a view, not a copy). FAISS's flat search gives the same result but spends most of
-    its time selecting k = 100 of 100k scores: 6x slower here (bench/retrieval.md)."""
+    """Exact top-k on the CPU over the flat index's own vectors (a view, not a copy), by `exact_search`."""
     flat = faiss.downcast_index(index.index)
     if flat.ntotal == 0:
         return index.search
-    vectors = torch.from_numpy(faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d))
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
     ids = faiss.vector_to_array(index.id_map)
 
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        found = min(k, len(ids))
-        scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
-        labels = np.full((len(queries), k), -1, dtype=np.int64)
-        for start in range(0, len(queries), EXACT_QUERY_CHUNK):
-            chunk = torch.from_numpy(np.ascontiguousarray(queries[start:start + EXACT_QUERY_CHUNK], np.float32))
-            top, positions = (chunk @ vectors.T).topk(found, dim=1)
-            scores[start:start + len(chunk), :found] = top.numpy()
-            labels[start:start + len(chunk), :found] = ids[positions.numpy()]
-        return scores, labels
+        scores, positions = exact_search(vectors, queries, k)
+        return scores, np.where(positions >= 0, ids[np.maximum(positions, 0)], -1)
 
     search.index = index  # the vectors are a view of the index's memory: keep it alive with the searcher
     return search
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner products of `queries` [n, d] against `vectors` [N, d] float32: (scores [n, k], rows [n, k];
+    -1 past N), as FAISS returns them. One matrix product and a top-k per chunk of queries (torch): FAISS's
+    flat search gives the same result but spends most of its time selecting k = 100 of 100k scores, 6x slower
+    here (bench/retrieval.md)."""
+    matrix = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
+    found = min(k, len(matrix))
+    scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(queries), EXACT_QUERY_CHUNK):
+        chunk = torch.from_numpy(np.ascontiguousarray(queries[start:start + EXACT_QUERY_CHUNK], np.float32))
+        top, positions = (chunk @ matrix.T).topk(found, dim=1)
+        scores[start:start + len(chunk), :found] = top.numpy()
+        rows[start:start + len(chunk), :found] = positions.numpy()
+    return scores, rows
 
 
 _GPU_RESOURCES = None

@@ -80,12 +80,23 @@ class Mentions:
             chosen &= ~self.is_nil
         return np.flatnonzero(chosen)
 
+    def recall(self, positions: np.ndarray, cutoffs) -> dict[int, float]:
+        """{n: share of `positions` whose gold is among their first n candidates} (0.0 for no positions)."""
+        ranks = np.asarray([_rank_of(self.candidates[p], self.gold_row[p]) for p in positions.tolist()], dtype=float)
+        return {n: float((ranks <= n).mean()) if len(ranks) else 0.0 for n in cutoffs}
+
     def problem_of(self, position: int) -> str | None:
         if self.mention_row[position] < 0:
             return NO_MENTION_FEATURES
         if not self.is_nil[position] and self.gold_row[position] < 0:
             return NO_GOLD_FEATURES
         return self.candidate_problem[position]
+
+
+def _rank_of(candidates: np.ndarray, gold_row: int) -> float:
+    """1-based rank of the gold row among the candidates; inf when absent (or no gold)."""
+    hits = np.flatnonzero(candidates == gold_row) if gold_row >= 0 else []
+    return float(hits[0] + 1) if len(hits) else float("inf")
 
 
 @dataclass

@@ -210,9 +210,9 @@ class RowKeys:
     """
 
     def __init__(self, inputs: Inputs, model_fingerprint: str, rerank_k: int, reference: bool,
-                 sources: dict[str, Mentions] | None = None):
+                 sources: dict[str, Mentions]):
         self.inputs, self.model, self.k, self.reference = inputs, model_fingerprint, rerank_k, reference
-        self.sources = sources or {f"rerank@{rerank_k}": inputs.mentions}  # scoring -> whose candidates
+        self.sources = sources  # scoring -> the mentions whose candidate lists it reranks
         m = inputs.mentions
         self.mention_key = store_keys(inputs.mentions_store, m.mention_row)
         self.gold_key = store_keys(inputs.entities, m.gold_row)
@@ -222,7 +222,7 @@ class RowKeys:
 
     def key(self, position: int, scoring: str) -> str:
         m = self.inputs.mentions
-        candidates = self.sources.get(scoring, m)
+        candidates = self.sources[scoring]
         parts = [EVALUATION_VERSION, self.model, scoring, m.ids[position], m.split[position],
                  str(m.gold_index[position]), str(bool(m.is_nil[position])), self.mention_key[position],
                  self.gold_key[position], candidates.candidate_problem[position] or ""]
@@ -411,15 +411,9 @@ def _retrieval_rows(sources: dict[str, Mentions], split_positions: dict[str, np.
         index = "trained" if trained and not scoring.startswith(ZERO_SHOT) else "zero-shot CLIP"
         for split, positions in split_positions.items():
             linkable = positions[~mentions.is_nil[positions]]
-            ranks = np.asarray([_position_of(mentions.candidates[p], mentions.gold_row[p]) for p in linkable.tolist()])
             rows.append({"index": index, "scoring": scoring, "split": split, "mentions": len(linkable),
-                         **{f"recall@{n}": float((ranks <= n).mean()) if len(ranks) else 0.0 for n in cutoffs}})
+                         **{f"recall@{n}": value for n, value in mentions.recall(linkable, cutoffs).items()}})
     return rows
-
-
-def _position_of(candidates: np.ndarray, gold_row: int) -> float:
-    hits = np.flatnonzero(candidates == gold_row) if gold_row >= 0 else []
-    return float(hits[0] + 1) if len(hits) else float("inf")
 
 
 def _baseline_rows(inputs: Inputs, split_positions: dict[str, np.ndarray], rerank_k: int) -> list[dict]:

@@ -23,12 +23,11 @@ mentions give each mention its trained top-K, from which the next round draws ha
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
@@ -38,6 +37,7 @@ from pipeline.features.store import FeatureStore
 from pipeline.hashing import hash_strings
 from pipeline.index import EntityIndex, IndexReport, IndexSettings, find_mention_candidates, update_entity_index
 from pipeline.index.candidates import CandidatesReport
+from pipeline.index.faiss_index import exact_search
 from pipeline.index.vectors import EntityScan, entity_ids
 from pipeline.lake import Lake
 from pipeline.training.data import Inputs, Mentions, entity_store_dir, load_features
@@ -119,9 +119,8 @@ class TrainedEntityVectors:
         return len(self.store)
 
     def scan(self, stored: EntityIndex | None) -> EntityScan:
-        kb = entity_ids(self.store.ids, str(self.store.root))
         model = self.identity["model"]
-        keys = [hash_strings([model, key]) for key in self.store.content_keys.to_pylist()]
+        kb, keys = trained_keys(self.store, model)
         known = stored.keys if stored is not None and stored.config.get("model") == model else {}
         todo = np.asarray([row for row, key in enumerate(keys) if known.get(int(kb[row])) != key], dtype=np.int64)
         vectors, problems = encode_vectors(self.matcher, self.store, todo, self.device, is_entity=True)
@@ -151,6 +150,13 @@ class TrainedEntityVectors:
         if not len(rows):
             return np.zeros((0, self.index_dim), np.float32)
         return np.stack([self._computed[row] for row in rows.tolist()])
+
+
+def trained_keys(store: FeatureStore, model_identity: str) -> tuple[np.ndarray, list[str]]:
+    """(KB index, content key) per entity-store row under a model: a key changes iff the entity's features or
+    the model do, which is all an entity's retrieval vector depends on."""
+    kb = entity_ids(store.ids, str(store.root))
+    return kb, [hash_strings([model_identity, key]) for key in store.content_keys.to_pylist()]
 
 
 class TrainedMentionQueries:
@@ -235,8 +241,8 @@ def check_retrieval_index(lake: Lake, model: dict) -> RetrievalIndexCheck:
     index = EntityIndex.load(retrieval_index_dir(lake), asset=ASSET)
     entities = FeatureStore.open(entity_store_dir(lake))
     current = model_identity(model)
-    kb = entity_ids(entities.ids, str(entities.root)).tolist()
-    expected = {int(i): hash_strings([current, key]) for i, key in zip(kb, entities.content_keys.to_pylist())}
+    kb, keys = trained_keys(entities, current)
+    expected = dict(zip(kb.tolist(), keys))
     excluded = sorted(int(p["kb_index"]) for p in index.problems if p["action"] == "excluded")
     return RetrievalIndexCheck(
         model=index.config.get("model"), current_model=current, entities=len(expected), indexed=len(index),
@@ -272,32 +278,18 @@ def evaluate_over_trained_index(lake: Lake, settings, model: dict, inputs: Input
 
 
 def mine_candidates(matcher: MMoEMatcher, mentions: Mentions, mention_store: FeatureStore,
-                    entities: FeatureStore, positions: np.ndarray, k: int, device: torch.device,
-                    logger=log) -> tuple[Mentions, dict]:
-    """`mentions` with the trained top-k entity-store rows of the mentions at `positions` (an exact in-memory
-    search over every entity's vector), and the figures: recall@k of those, seconds."""
-    started = time.perf_counter()
+                    entities: FeatureStore, positions: np.ndarray, k: int, device: torch.device) -> Mentions:
+    """`mentions` with the trained top-k entity-store rows of the mentions at `positions`: an exact in-memory
+    search over every usable entity's vector."""
     entity_vectors, entity_problems = encode_vectors(matcher, entities, np.arange(len(entities)), device, True)
     usable_rows = np.flatnonzero([problem is None for problem in entity_problems]).astype(np.int64)
-    index = faiss.IndexFlatIP(entity_vectors.shape[1])
-    index.add(np.ascontiguousarray(entity_vectors[usable_rows]))
     query_rows = mentions.mention_row[positions]
     present = query_rows >= 0
     queries, problems = encode_vectors(matcher, mention_store, query_rows[present], device, is_entity=False)
-    k = min(k, len(usable_rows))
-    _, found = index.search(np.ascontiguousarray(queries), k)
+    _, found = exact_search(entity_vectors[usable_rows], queries, k)
     candidates = list(mentions.candidates)
     problem_list = list(mentions.candidate_problem)
     for position, row_found, problem in zip(positions[present].tolist(), found, problems):
         candidates[position] = np.zeros(0, np.int64) if problem else usable_rows[row_found[row_found >= 0]]
         problem_list[position] = problem
-    mined = Mentions(mentions.ids, mentions.split, mentions.is_nil, mentions.gold_index, mentions.mention_row,
-                     mentions.gold_row, candidates, problem_list)
-    gold = mentions.gold_row[positions]
-    hits = [g >= 0 and g in set(candidates[p].tolist()) for p, g in zip(positions.tolist(), gold.tolist())]
-    linkable = ~mentions.is_nil[positions]
-    recall = float(np.asarray(hits)[linkable].mean()) if linkable.any() else 0.0
-    seconds = time.perf_counter() - started
-    logger.info(f"Mined the trained top-{k} of {len(positions)} mentions over {len(usable_rows)} entities in "
-                f"{seconds:.1f} s (recall@{k} {recall:.4f}).")
-    return mined, {"recall": recall, "k": k, "seconds": round(seconds, 3)}
+    return dataclasses.replace(mentions, candidates=candidates, candidate_problem=problem_list)

@@ -36,6 +36,7 @@ and a non-finite loss stops training naming the epoch, the step and the batch's 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -149,7 +150,7 @@ def train_rounds(settings: TrainingSettings, inputs: Inputs, config: MMoEConfig,
     Each round is a resumable run folder (round 1 at the run's root, round r in `round-r/`)."""
     device = settings.torch_device()
     candidates, initial = inputs.mentions, None
-    best: TrainingReport | None = None
+    best: TrainingReport | None = None  # the best round's report so far
     rounds: list[dict] = []
     for number in range(1, settings.retrieval_rounds + 1):
         folder = RunFolder(run_root if number == 1 else run_root / f"round-{number}")
@@ -168,13 +169,13 @@ def train_rounds(settings: TrainingSettings, inputs: Inputs, config: MMoEConfig,
                     f"{summary['k']} (recall@{summary['k']} dev {summary['dev_recall']:.4f}, train "
                     f"{summary['train_recall']:.4f}); {summary['dev_mrr_round_candidates']:.4f} on this round's "
                     "candidates.")
-        if best is not None and summary["dev_mrr"] <= best.rounds[-1]["dev_mrr"]:
+        if best is not None and summary["dev_mrr"] <= rounds[best.round - 1]["dev_mrr"]:
             logger.info(f"Round {number} did not improve the dev MRR over round {best.round}: keeping round "
                         f"{best.round}'s model.")
             break
-        best = TrainingReport(**{**report.as_dict(), "round": number, "rounds": [summary]})
+        best = dataclasses.replace(report, round=number)
         candidates, initial = mined, report.checkpoint
-    final = TrainingReport(**{**best.as_dict(), "rounds": rounds})
+    final = dataclasses.replace(best, rounds=rounds)
     write_text_atomic(run_root / ROUNDS_FILE, json.dumps(final.as_dict(), indent=1, sort_keys=True))
     return final
 
@@ -184,21 +185,18 @@ def score_round(matcher: MMoEMatcher, inputs: Inputs, settings: TrainingSettings
     """The train/dev mentions' trained top-K under `matcher`, and its dev MRR reranking them."""
     mentions = inputs.mentions
     positions = np.flatnonzero(np.isin(mentions.split, TRAINING_SPLITS))
-    k = max(settings.rerank_k, settings.hard_negative_pool + 1)
-    mined, stats = mine_candidates(matcher, mentions, inputs.mentions_store, inputs.entities, positions, k, device,
-                                   logger)
-    dev = mentions.select("dev")
-    ranking = rank_mentions(matcher, mined, inputs.mentions_store, inputs.entities, dev, device, settings.rerank_k,
+    k = settings.rerank_k
+    started = time.perf_counter()
+    mined = mine_candidates(matcher, mentions, inputs.mentions_store, inputs.entities, positions,
+                            max(k, settings.hard_negative_pool + 1), device)
+    mining_seconds = time.perf_counter() - started
+    ranking = rank_mentions(matcher, mined, inputs.mentions_store, inputs.entities, mentions.select("dev"), device, k,
                             batch_size=settings.eval_batch_size)
     metrics = ranking_metrics(ranking.gold_rank)
-    recall = {split: _recall(mined, mentions.select(split), settings.rerank_k) for split in TRAINING_SPLITS}
-    return mined, {"dev_mrr": metrics["mrr"], "dev_hits@1": metrics["hits@1"], "k": settings.rerank_k,
-                   "dev_recall": recall["dev"], "train_recall": recall["train"], "mining_seconds": stats["seconds"]}
-
-
-def _recall(mentions: Mentions, positions: np.ndarray, k: int) -> float:
-    hits = [mentions.gold_row[p] in set(mentions.candidates[p][:k].tolist()) for p in positions.tolist()]
-    return float(np.mean(hits)) if hits else 0.0
+    recall = {split: mined.recall(mentions.select(split), [k])[k] for split in TRAINING_SPLITS}
+    return mined, {"dev_mrr": metrics["mrr"], "dev_hits@1": metrics["hits@1"], "k": k,
+                   "dev_recall": recall["dev"], "train_recall": recall["train"],
+                   "mining_seconds": round(mining_seconds, 3)}
 
 
 def current_model(lake: Lake) -> dict:
