@@ -384,8 +384,7 @@ def _matmul_searcher(index: faiss.Index):
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k inner products of `queries` [n, d] against `vectors` [N, d] float32: (scores [n, k], rows [n, k];
     -1 past N), as FAISS returns them. One matrix product and a top-k per chunk of queries (torch): FAISS's
-    flat search gives the same result but spends most of its time selecting k = 100 of 100k scores, 6x slower
-    here (bench/retrieval.md)."""
+    flat search gives the same rows, 2.9x slower here for k = 100 of 100k (bench/retrieval_search.py)."""
     matrix = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
     found = min(k, len(matrix))
     scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
