@@ -28,7 +28,7 @@ class LLMResource(dg.ConfigurableResource):
     gguf_file: str = ""  # the GGUF file inside model_path, when model_path is a folder
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N (transformers)
-    batch_size: int = 8  # mentions per LLM call and per cache commit (use hundreds with vLLM)
+    batch_size: int = 32  # mentions per LLM call and per cache commit (use hundreds with vLLM)
     tensor_parallel_size: int = 1
     max_model_len: int = 2048
     gpu_memory_utilization: float = 0.85

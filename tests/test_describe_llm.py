@@ -5,7 +5,9 @@ pytest's cache directory (content-addressed, so it cannot go stale): the first s
 pays ~1 minute for the export, later ones load the folder in about a second.
 """
 
+import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from pipeline.describe.cache import ChoiceCache
 from pipeline.describe.prompts import build_prompt, encode_prompt, render_chat
 from pipeline.describe.scoring import choose
 from pipeline.describe.select import TABLE, select_descriptions
-from pipeline.describe.transformers_backend import score_batch, score_one_by_one
+from pipeline.describe.transformers_backend import score_batch, score_grouped, score_one_by_one
 from pipeline.errors import MELUserError
 from pipeline.mimic import ingest_dataset
 
@@ -25,6 +27,7 @@ CANDIDATE_SCHEMA = pa.schema([("mention_id", pa.string()), ("search", pa.string(
                               ("qid", pa.string()), ("label", pa.string()), ("description", pa.string()),
                               ("match", pa.string()), ("source", pa.string())])
 
+RECORDED_CHOICES = Path(__file__).parent / "fixtures" / "describe_choices.json"
 EASY = [
     ("Jordan", "Jordan scored 40 points for the Bulls last night.",
      ["American basketball player", "country in Western Asia"], 0),
@@ -116,16 +119,35 @@ def test_an_easy_case_is_chosen_right_whatever_the_option_order(smol):
 
 def test_batched_scores_equal_one_by_one_scores(smol):
     short = build_prompt(*EASY[0][:3])
+    alike = build_prompt("Jordan", "Jordan scored 40 points for the Bulls last night.",  # options share their start
+                         ["American basketball player", "American actor", "American basketball coach"])
     long = build_prompt("Mercury", "Mercury, said the long article in the magazine, is the planet closest to the Sun.",
                         ["chemical element with symbol Hg", "planet", "Roman god of commerce"])
-    encoded = [encode_prompt(smol.tokenizer, p)[0] for p in (short, long)]  # lengths differ: padding is used
+    encoded = [e for p in (short, alike, long) for e in encode_prompt(smol.tokenizer, p)]  # lengths differ: padding
 
     batched = score_batch(smol.model, encoded, smol.pad_id)
+    grouped = score_grouped(smol.model, encoded, smol.pad_id, token_budget=200)  # several forward passes
     single = [score_one_by_one(smol.model, e) for e in encoded]
 
-    for b, s in zip(batched, single):
-        assert b.counts == s.counts
+    for b, g, s in zip(batched, grouped, single):
+        assert b.counts == g.counts == s.counts
         assert b.sums == pytest.approx(s.sums, abs=2e-3)
+        assert g.sums == pytest.approx(s.sums, abs=2e-3)
+
+
+def test_recorded_demo_prompts_keep_their_cache_keys_and_choices(smol):
+    """24 demo prompts as the previous scorer (one KV cache per prompt, options on copies of it) scored them:
+    the faster scorer must leave every cache key and every choice as it was."""
+    recorded = json.loads(RECORDED_CHOICES.read_text())["cases"]
+    prompts = [build_prompt(case["mention"], case["sentence"], case["descriptions"]) for case in recorded]
+
+    scores = smol.score(prompts)
+
+    for case, prompt, score in zip(recorded, prompts, scores):
+        assert hashlib.sha256(prompt.key_text().encode()).hexdigest() == case["prompt_sha256"]
+        assert choose(score).index == case["chosen_index"]
+        assert score.logprob_sums == pytest.approx(case["logprob_sums"], abs=2e-3)
+        assert score.baseline_sums == pytest.approx(case["baseline_sums"], abs=2e-3)
 
 
 # ---------------------------------------------------------------- the stage

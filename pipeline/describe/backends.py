@@ -41,7 +41,7 @@ class LLMConfig:
     gguf_file: str = ""  # a GGUF file inside model_path, when model_path is a folder
     dtype: str = "auto"  # auto: bfloat16 on a GPU that supports it, float32 on CPU
     device: str = "auto"  # auto: cuda when available (transformers backend)
-    batch_size: int = 8  # mentions per scoring call and per cache commit
+    batch_size: int = 32  # mentions per scoring call and per cache commit
     tensor_parallel_size: int = 1  # vLLM
     max_model_len: int = 2048  # vLLM
     gpu_memory_utilization: float = 0.85  # vLLM

@@ -221,7 +221,8 @@ def choose_all(options: list[MentionOptions], backend: ChoiceBackend, identity: 
     """Every prompt's choice: from the cache, else scored in batches that are committed one by one."""
     prompts = {item.key: item for item in options if item.key is not None}
     choices = cache.get_many(list(prompts))
-    todo = [key for key in prompts if key not in choices]
+    # Shortest first, so that a batch holds prompts of similar length and pads little.
+    todo = sorted((key for key in prompts if key not in choices), key=lambda key: len(prompts[key].prompt.key_text()))
     run = {"prompts": len(prompts), "cache_hits": len(prompts) - len(todo), "prompts_scored": 0,
            "llm_calls": 0, "model_load_seconds": 0.0, "scoring_seconds": 0.0}
     if todo:
