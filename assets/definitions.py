@@ -12,6 +12,7 @@ ONE_STEP_AT_A_TIME = dg.multiprocess_executor.configured({"max_concurrent": 1})
 
 defs = dg.Definitions(
     assets=[
+        ingest.dataset_files,
         ingest.mimic_dataset,
         wikidata.wikidata_candidates,
         descriptions.mention_descriptions,

@@ -6,24 +6,36 @@ import dagster as dg
 
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import DatasetResource, LakeResource, user_errors
-from pipeline.hashing import table_content_hash
+from pipeline.hashing import hash_strings, table_content_hash
 from pipeline.mimic import INGEST_VERSION, DatasetLayout, ingest_dataset
 
 GROUP = "ingest"
 
 
+@dg.observable_source_asset(
+    group_name=GROUP,
+    description="The dataset's files as found on disk: its data version changes when a file is added, removed, "
+    "resized or touched, which marks the ingest tables stale (a stale-only run re-ingests them).",
+)
+def dataset_files(lake: LakeResource, dataset: DatasetResource) -> dg.DataVersion:
+    with user_errors():
+        root = dataset.locate(lake.lake())
+        changes = DatasetLayout.discover(root).change_fingerprints()
+    return dg.DataVersion(hash_strings([str(root), changes["mentions"], changes["kb"]]))
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "mentions", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION,
+            "mentions", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
             description="One row per usable mention: split, text, image, gold QID and KB index (nil kept, flagged).",
         ),
         dg.AssetSpec(
-            "entities", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION,
+            "entities", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
             description="One row per usable KB entity: index, QID, name, description, usable image paths.",
         ),
         dg.AssetSpec(
-            "quarantine", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION,
+            "quarantine", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
             description="Every record or image that could not be used, with file, record and reason.",
         ),
     ],
