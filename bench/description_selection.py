@@ -89,38 +89,109 @@ def rule_comparison(lake: Lake) -> list[dict]:
 
 
 def scorer_speeds(config: LLMConfig, lake: Lake, prompts_to_time: int = 16) -> list[dict]:
-    """Seconds for the same prompts with KV reuse (in use), packed sequences, and one by one."""
+    """Seconds for the same prompts with each scorer: the trie (in use), the previous one, packed, one by one."""
     from pipeline.describe.prompts import encode_prompt
-    from pipeline.describe.transformers_backend import score_batch, score_one_by_one
+    from pipeline.describe.transformers_backend import score_grouped, score_one_by_one
 
     backend = make_backend(config)
     backend.ensure_loaded()
     options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
     prompts = [item.prompt for item in options if item.prompt is not None][:prompts_to_time]
     encoded = [encode_prompt(backend.tokenizer, p)[0] for p in prompts]  # the questions (baselines alike)
+    model, pad = backend.model, backend.pad_id
     timings = []
     for name, run in (
-        ("KV-cache reuse, 8 prompts per batch (in use)",
-         lambda: [s for i in range(0, len(encoded), 8) for s in score_batch(backend.model, encoded[i:i + 8], backend.pad_id)]),
-        ("prompt+option packed, 8 prompts per batch", lambda: score_packed(backend.model, encoded, backend.pad_id)),
-        ("one sequence at a time (reference)", lambda: [score_one_by_one(backend.model, e) for e in encoded]),
+        ("token trie, shared prefix once, grouped by length (in use)", lambda: score_grouped(model, encoded, pad)),
+        ("KV-cache reuse per prompt, 8 per batch (previous)",
+         lambda: [s for i in range(0, len(encoded), 8) for s in score_kv_reuse(model, encoded[i:i + 8], pad)]),
+        ("prompt+option packed, 8 prompts per batch", lambda: score_packed(model, encoded, pad)),
+        ("one sequence at a time (reference)", lambda: [score_one_by_one(model, e) for e in encoded]),
     ):
         started = time.perf_counter()
         scores = run()
         seconds = time.perf_counter() - started
+        if name.endswith("(in use)"):
+            reference, in_use_seconds = scores, seconds
+        drift = max(abs(a - b) for s, r in zip(scores, reference) for a, b in zip(s.sums, r.sums))
         timings.append({"scorer": name, "prompts": len(encoded), "seconds": round(seconds, 2),
-                        "prompts/s": round(len(encoded) / seconds, 3),
-                        "tokens through the model": tokens_through(name, encoded)})
-        if name.startswith("KV"):
-            reference = scores
-        else:
-            drift = max(abs(a - b) for s, r in zip(scores, reference) for a, b in zip(s.sums, r.sums))
-            timings[-1]["max |Δ log-lik| vs in use"] = f"{drift:.1e}"
-    timings[0]["max |Δ log-lik| vs in use"] = "0"
+                        "prompts/s": round(len(encoded) / seconds, 3), "time / in use": f"{seconds / in_use_seconds:.2f}x",
+                        "tokens through the model": tokens_through(name, encoded),
+                        "max abs Δ log-lik vs in use": f"{drift:.1e}"})
     return timings
 
 
+def previous_scorer_agreement(config: LLMConfig, lake: Lake) -> dict:
+    """Every prompt of the lake scored again with the previous scorer (and its baselines): same choices?"""
+    from pipeline.describe.scoring import score_prompts
+
+    backend = make_backend(config)
+    backend.ensure_loaded()
+    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
+    prompts = [item.prompt for item in options if item.prompt is not None]
+    with ChoiceCache(lake.duckdb_path("llm_choices")) as cache, cache.connect() as con:
+        in_use = {prompt: (index, list(sums)) for prompt, index, sums in
+                  con.execute("SELECT prompt, chosen_index, logprob_sums FROM choices").fetchall()}
+    memo, same, drift = {}, 0, 0.0
+    started = time.perf_counter()
+    for start in range(0, len(prompts), 8):
+        batch = prompts[start:start + 8]
+        scores = score_prompts(batch, backend.tokenizer,
+                               lambda encoded: score_kv_reuse(backend.model, encoded, backend.pad_id), memo)
+        for prompt, score in zip(batch, scores):
+            index, sums = in_use[prompt.key_text()]
+            same += choose(score).index == index
+            drift = max(drift, *(abs(a - b) for a, b in zip(score.logprob_sums, sums)))
+    return {"prompts": len(prompts), "same choice": same, "max abs Δ log-lik": f"{drift:.1e}",
+            "previous scorer s": round(time.perf_counter() - started, 1)}
+
+
+def score_kv_reuse(model, prompts, pad_id) -> list[OptionLikelihoods]:
+    """The previous scorer: each prompt's KV cache computed once and copied for each of its options."""
+    import torch
+
+    from pipeline.describe.transformers_backend import cache_argument
+
+    with torch.inference_mode():
+        width = max(len(p.prefix_ids) for p in prompts)
+        prefix = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        prefix_mask = torch.zeros_like(prefix)
+        for row, p in enumerate(prompts):
+            prefix[row, width - len(p.prefix_ids):] = torch.tensor(p.prefix_ids)
+            prefix_mask[row, width - len(p.prefix_ids):] = 1
+        positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        first = model(input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
+                      logits_to_keep=1)
+        owner = torch.tensor([row for row, p in enumerate(prompts) for _ in p.option_ids])
+        options = [ids for p in prompts for ids in p.option_ids]
+        cache = first.cache if hasattr(first, "cache") else first.past_key_values
+        cache.batch_select_indices(owner)
+        longest = max(len(ids) for ids in options)
+        tokens = torch.full((len(options), longest), pad_id, dtype=torch.long)
+        token_mask = torch.zeros_like(tokens)
+        for row, ids in enumerate(options):
+            tokens[row, : len(ids)] = torch.tensor(ids)
+            token_mask[row, : len(ids)] = 1
+        start = prefix_mask.sum(-1)[owner]
+        second = model(input_ids=tokens, attention_mask=torch.cat([prefix_mask[owner], token_mask], dim=1),
+                       position_ids=start[:, None] + torch.arange(longest), use_cache=True,
+                       **{cache_argument(model): cache})
+        logits = torch.cat([first.logits[owner, -1:], second.logits[:, :-1]], dim=1).float()
+        token_logprobs = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1) * token_mask
+        sums, counts = token_logprobs.sum(-1).tolist(), token_mask.sum(-1).tolist()
+    results, at = [], 0
+    for p in prompts:
+        n = len(p.option_ids)
+        results.append(OptionLikelihoods(sums[at : at + n], counts[at : at + n]))
+        at += n
+    return results
+
+
 def tokens_through(name: str, encoded) -> int:
+    if name.startswith("token trie"):
+        from pipeline.describe.transformers_backend import PromptTree, shared_prefix_length
+
+        shared = shared_prefix_length(encoded)
+        return shared + sum(len(PromptTree.of(e, shared).tokens) for e in encoded)
     if name.startswith("KV"):
         return sum(len(e.prefix_ids) + sum(len(o) for o in e.option_ids) for e in encoded)
     return sum(len(e.prefix_ids) * len(e.option_ids) + sum(len(o) for o in e.option_ids) for e in encoded)
@@ -165,7 +236,11 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no torch.compile / CUDA graphs")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--speeds", action="store_true", help="also time the three transformers scorers")
+    parser.add_argument("--speeds", action="store_true", help="also time the transformers scorers side by side")
+    parser.add_argument("--speed-prompts", type=int, default=48, help="prompts the scorers are timed on")
+    parser.add_argument("--compare-previous", action="store_true",
+                        help="score every prompt again with the previous scorer and count identical choices")
+    parser.add_argument("--json", help="also write the results here (bench/report.py's format)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -194,9 +269,27 @@ def main() -> int:
                                          "prompts_per_second", "candidates_without_description",
                                          "duplicate_descriptions_merged")}
     print("\n" + json.dumps({**counts, "mentions": table.num_rows, "wall_seconds": round(wall, 1)}, indent=1))
+    tables = [{"title": "Selection accuracy per split", "rows": accuracy_rows(stats["accuracy"])},
+              {"title": f"The stage, cold choice cache ({stats['backend']}, {stats['model']})",
+               "rows": [{"mentions": table.num_rows, **{k: counts[k] for k in (
+                   "prompts_scored", "model_load_seconds", "scoring_seconds", "prompts_per_second")},
+                   "wall s": round(wall, 1)}]}]
     if args.speeds and args.backend == "transformers":
+        speeds = scorer_speeds(config, lake, args.speed_prompts)
         print("\nscorers on the same prompts:\n")
-        print(markdown(scorer_speeds(config, lake)))
+        print(markdown(speeds))
+        tables.append({"title": "Scorers on the same prompts (questions), side by side in this run", "rows": speeds})
+    if args.compare_previous and args.backend == "transformers":
+        agreement = previous_scorer_agreement(config, lake)
+        print("\n" + json.dumps(agreement))
+        tables.append({"title": "Every prompt rescored with the previous scorer", "rows": [agreement]})
+    if args.json:
+        from bench.report import write_json
+
+        write_json(args.json, "Description choice", f"{table.num_rows} demo mentions, {os.cpu_count()} CPUs, "
+                   f"load average {os.getloadavg()[0]:.1f}, torch threads {args.threads or 'default'}",
+                   [{"title": t["title"], "columns": list(t["rows"][0]), "rows": [list(r.values()) for r in t["rows"]]}
+                    for t in tables])
     return 0
 
 

@@ -43,6 +43,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import write_json  # noqa: E402
+
 WORDS = ("river city player album film party king church station school league river bridge island war "
          "prize museum company band season county festival mountain novel singer painter district").split()
 
@@ -175,6 +177,7 @@ def run_throughput(args) -> dict:
             "wall_ratio_per_round": [round(r, 3) for r in wall_ratios],
             "wall_ratio_median": round(statistics.median(wall_ratios), 3),
             "wall_ratio_of_bests": round(max(column("pipeline_items_per_s")) / max(column("bare_items_per_s")), 3),
+            "cpu_ratio_per_round": [round(r, 3) for r in cpu_ratios],
             "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
             "vision_images_per_s": round(image_count / vision_wall, 1),
         }
@@ -188,6 +191,7 @@ def _encode_args(batch) -> dict:
 
 
 def run_incremental(args) -> dict:
+    import torch
     from PIL import Image
 
     from pipeline.features import extract_features, load_encoder
@@ -197,7 +201,7 @@ def run_incremental(args) -> dict:
     try:
         items = synthetic_items(work, args.items)
         started = time.perf_counter()
-        load_encoder(spec_from(args))
+        encoder = load_encoder(spec_from(args))
         load_seconds = time.perf_counter() - started
         store = work / "store"
 
@@ -219,7 +223,9 @@ def run_incremental(args) -> dict:
         refresh_seconds, refresh = timed()
         noop_seconds, noop = timed()
         return {
-            "benchmark": "incremental", "machine": machine(), "arch": args.arch, "items": args.items,
+            "benchmark": "incremental", "machine": machine(), "arch": args.arch, "device": str(encoder.device),
+            "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
+            "items": args.items, "batch_size": args.batch_size, "num_workers": args.num_workers,
             "changed": len(changed), "model_load_s": round(load_seconds, 2),
             "full_s": round(full_seconds, 2), "full_encoded": full.encoded,
             "refresh_s": round(refresh_seconds, 2), "refresh_encoded": refresh.encoded,
@@ -307,6 +313,43 @@ def rss_probe(store_root: str) -> None:
     print(json.dumps({"peak_rss_mib": {k: round(v, 1) for k, v in steps.items()}, **timings}))
 
 
+def throughput_report(r: dict) -> tuple:
+    """The per-round figures and their ratios, as the suite's report shows them."""
+    columns = ["round", "bare items/s", "pipeline items/s", "pipeline/bare items/s", "bare CPU ms/item",
+               "pipeline CPU ms/item", "bare/pipeline CPU ms"]
+    rows = [[n + 1, *figures] for n, figures in enumerate(zip(
+        r["bare_items_per_s"], r["pipeline_items_per_s"], r["wall_ratio_per_round"], r["bare_cpu_ms_per_item"],
+        r["pipeline_cpu_ms_per_item"], r["cpu_ratio_per_round"]))]
+    rows += [["median", "", "", r["wall_ratio_median"], "", "", r["cpu_ratio_median"]],
+             ["best vs best", max(r["bare_items_per_s"]), max(r["pipeline_items_per_s"]), r["wall_ratio_of_bests"],
+              "", "", ""]]
+    setup = (f"{r['items']} items ({r['with_image']} with an image), {r['arch']} on {r['device']} (autocast "
+             f"{r['autocast']}), batch {r['batch_size']}, {r['num_workers']} DataLoader workers, "
+             f"{r['torch_threads']} torch threads; {r['machine']}; load average {r['load_average_1min']:.1f}")
+    notes = [f"vision tower alone: {r['vision_images_per_s']} images/s",
+             f"model load {r['model_load_s']} s (once per process, not in the rounds)"]
+    table = {"title": f"Pipeline against the bare forward, alternated rounds: {len(rows) - 2}", "columns": columns,
+             "rows": rows}
+    return "CLIP feature extraction: throughput", setup, [table], notes
+
+
+def incremental_report(r: dict) -> tuple:
+    columns = ["run", "wall s", "items encoded", "share of the full run"]
+    rows = [["full", r["full_s"], r["full_encoded"], 1.0],
+            [f"refresh ({r['changed']} changed)", r["refresh_s"], r["refresh_encoded"], r["refresh_over_full"]],
+            ["nothing changed", r["noop_s"], r["noop_encoded"], r["noop_over_full"]]]
+    setup = (f"{r['items']} entities, {r['arch']} on {r['device']}, batch {r['batch_size']}, {r['num_workers']} "
+             f"DataLoader workers, {r['torch_threads']} torch threads; {r['machine']}; "
+             f"load average {r['load_average_1min']:.1f}")
+    table = {"title": f"Refresh after {r['changed']} of {r['items']} entities changed, against a full extraction",
+             "columns": columns, "rows": rows}
+    return ("CLIP feature extraction: incremental", setup, [table],
+            [f"model load {r['model_load_s']} s (once per process, not in the runs)"])
+
+
+REPORTS = {"throughput": throughput_report, "incremental": incremental_report}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmark", choices=["throughput", "incremental", "rss", "_rss_probe"])
@@ -319,13 +362,19 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="where the rss store is written (default: $TMPDIR)")
+    parser.add_argument("--json", help="also write the results here (bench/report.py's format; throughput and "
+                                       "incremental)")
     args = parser.parse_args()
+    if args.json and args.benchmark not in REPORTS:
+        parser.error(f"--json is written by {' and '.join(REPORTS)} only")
     if args.benchmark == "_rss_probe":
         return rss_probe(args.store)
     args.items = args.items or {"throughput": 512, "incremental": 2000, "rss": 100_000}[args.benchmark]
     run = {"throughput": run_throughput, "incremental": run_incremental, "rss": run_rss}[args.benchmark]
     result = run(args)
     print(json.dumps(result, indent=1))
+    if args.json:
+        write_json(args.json, *REPORTS[args.benchmark](result))
 
 
 if __name__ == "__main__":

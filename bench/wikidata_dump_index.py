@@ -28,12 +28,17 @@ import os
 import platform
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.report import write_json  # noqa: E402
+
 SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "vor", "sel", "dan", "qui", "bre", "ost", "lin", "mar", "zu", "hel"]
 LANGUAGES = ["en", "de", "fr", "es"]
 
@@ -99,10 +104,9 @@ def write_dump(path: Path, lines: int, seed: int = 0) -> None:
     os.replace(temp, path)
 
 
-def parse_comparison() -> list[str]:
+def parse_comparison() -> list[list[str]]:
     """Whole-line JSON parse vs parsing up to `"claims"`, on a short line and on a line with
     the ~10 KB of statements that real dump lines average (1.4 TB / 110 M entities ≈ 13 KB)."""
-    sys.path.insert(0, str(REPO))
     import timeit
 
     from pipeline.wikidata.dump import parse_entity
@@ -116,7 +120,7 @@ def parse_comparison() -> list[str]:
     for line in (short, long):
         whole = min(timeit.repeat(lambda line=line: json.loads(line), number=2000, repeat=5)) / 2000
         part = min(timeit.repeat(lambda line=line: parse_entity(line), number=2000, repeat=5)) / 2000
-        lines.append(f"| {len(line) / 1024:.1f} KB | {whole * 1e6:.0f} | {part * 1e6:.0f} | {whole / part:.1f}x |")
+        lines.append([f"{len(line) / 1024:.1f} KB", f"{whole * 1e6:.0f}", f"{part * 1e6:.0f}", f"{whole / part:.1f}x"])
     return lines
 
 
@@ -129,7 +133,6 @@ def index_in_subprocess(dump: Path, workdir: Path, full_parse: bool, memory_limi
 
 def child(dump: Path, workdir: Path, full_parse: bool, memory_limit: str) -> None:
     """Runs in a fresh process: build the index, search it, print figures as one JSON line."""
-    sys.path.insert(0, str(REPO))
     import pipeline.wikidata.dump as dump_module
     from pipeline.wikidata import DumpIndex, LookupCache
 
@@ -138,8 +141,11 @@ def child(dump: Path, workdir: Path, full_parse: bool, memory_limit: str) -> Non
     dump_module.INDEX_MEMORY_LIMIT = memory_limit
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tag = ("full" if full_parse else "partial") + f"-{memory_limit}"
-    with LookupCache(workdir / f"cache-{dump.stem}-{tag}.duckdb") as cache:
-        index = DumpIndex(dump, cache, workdir / f"index-{dump.stem}-{tag}")
+    cache_path, index_dir = workdir / f"cache-{dump.stem}-{tag}.duckdb", workdir / f"index-{dump.stem}-{tag}"
+    shutil.rmtree(index_dir, ignore_errors=True)  # an earlier run's index would be opened, not built and timed
+    cache_path.unlink(missing_ok=True)
+    with LookupCache(cache_path) as cache:
+        index = DumpIndex(dump, cache, index_dir)
         started = time.perf_counter()
         con = index.index("en")
         build_s = time.perf_counter() - started
@@ -169,6 +175,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wikidata-dump-bench"))
     parser.add_argument("--compare-full-parse", type=int, default=0, metavar="N")
     parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit of the index build")
+    parser.add_argument("--json", help="also write the results here (bench/report.py's format)")
     parser.add_argument("--child", nargs=2, metavar=("DUMP", "WORKDIR"), help=argparse.SUPPRESS)
     parser.add_argument("--full-parse", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,25 +184,44 @@ def main() -> None:
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.1f}, DuckDB memory limit {args.memory_limit}")
+    setup = (f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+             f"load average {os.getloadavg()[0]:.1f}, DuckDB memory limit {args.memory_limit}")
+    print(setup)
+    tables = []
     if args.compare_full_parse:
-        print("| line | whole-line parse µs | parse up to claims µs | speed-up |\n|---|---|---|---|")
-        print("\n".join(parse_comparison()) + "\n", flush=True)
+        tables.append({"title": "Parsing one line", "rows": parse_comparison(),
+                       "columns": ["line", "whole-line parse µs", "parse up to claims µs", "speed-up"]})
+        print_table(tables[-1])
+        print(flush=True)
     runs = [(lines, False) for lines in args.lines]
     if args.compare_full_parse:
         runs += [(args.compare_full_parse, True)]
-    print("| lines | parse | dump (gz) MB | items | terms | build s | lines/s | RSS after imports MB | "
-          "peak RSS build MB | index MB | search 2,000 strings s | peak RSS with search MB | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    columns = ["lines", "parse", "dump (gz) MB", "items", "terms", "build s", "lines/s", "RSS after imports MB",
+               "peak RSS build MB", "index MB", "search 2,000 strings s", "peak RSS with search MB", "load avg"]
+    tables.append({"title": "Index build per dump size", "columns": columns, "rows": []})
+    print_table(tables[-1])  # the header now, each row as its dump is indexed
     for lines, full_parse in runs:
         dump = args.workdir / f"dump-{lines}.json.gz"
         write_dump(dump, lines)
         r = index_in_subprocess(dump, args.workdir, full_parse, args.memory_limit)
-        print(f"| {r['lines']:,} | {'whole line' if full_parse else 'up to claims'} | {r['dump_mb']:.0f} | "
-              f"{r['items']:,} | {r['terms']:,} | {r['build_s']:.1f} | {r['lines_per_s']:,.0f} | "
-              f"{r['rss_after_imports_mb']:.0f} | {r['peak_rss_build_mb']:.0f} | {r['index_mb']:.0f} | "
-              f"{r['search_2000_s']:.2f} | {r['peak_rss_mb']:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
+        row = [f"{r['lines']:,}", "whole line" if full_parse else "up to claims", f"{r['dump_mb']:.0f}",
+               f"{r['items']:,}", f"{r['terms']:,}", f"{r['build_s']:.1f}", f"{r['lines_per_s']:,.0f}",
+               f"{r['rss_after_imports_mb']:.0f}", f"{r['peak_rss_build_mb']:.0f}", f"{r['index_mb']:.0f}",
+               f"{r['search_2000_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{os.getloadavg()[0]:.1f}"]
+        tables[-1]["rows"].append(row)
+        print("| " + " | ".join(row) + " |", flush=True)
+    if args.json:
+        write_json(args.json, "WikiData dump indexing", setup, tables,
+                   ["each build runs in a fresh process through DumpIndex.index; peak RSS is its ru_maxrss",
+                    "synthetic lines are shaped like the real dump's but shorter; real ones favour the partial "
+                    "parse more"])
+
+
+def print_table(table: dict) -> None:
+    print("| " + " | ".join(table["columns"]) + " |")
+    print("|" + "---|" * len(table["columns"]))
+    for row in table["rows"]:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
