@@ -42,7 +42,15 @@ class Section:
     script: str
 
 
-SECTIONS = [
+SECTIONS = [  # the order of a full run: what matters most first (the report is written after each)
+    Section("pipeline", "The pipeline from the README: cold, warm, incremental", script="bench/pipeline_runs.py",
+            quick=[["--entities", "40", "--mentions", "60", "--work", "{work}/pipeline"]],
+            full=[["--work", "{work}/pipeline-demo"]],
+            gpu=[]),
+    Section("description", "Description choice: scorers and the stage's prompts/s", script="bench/description_selection.py",
+            quick=[["--limit", "4", "--speeds", "--speed-prompts", "8", "--compare-previous", "--lake", "{work}/llm"]],
+            full=[["--speeds", "--compare-previous", "--lake", "{work}/llm"]],
+            gpu=[["--backend", "vllm", "--dtype", "bfloat16", "--batch-size", "512", "--lake", "{work}/llm"]]),
     Section("evaluation", "Evaluation: rerank@K against scoring the full KB (and training samples/s)",
             script="bench/mmoe_eval.py",
             quick=[["--entities", "5000", "--test-mentions", "20", "--repeat", "1", "--top-k", "10,50,100",
@@ -51,26 +59,20 @@ SECTIONS = [
                   ["--entities", "100000", "--test-mentions", "60", "--top-k", "10,50,100", "--lake", "{work}/eval-100k"]],
             gpu=[["--entities", "110000", "--dims", "vit-b-32", "--device", "cuda", "--top-k", "10,50,100",
                   "--lake", "{work}/eval"]]),
+    Section("faiss", "FAISS candidate index: Flat, IVF, HNSW", script="bench/faiss_index.py",
+            quick=[["--entities", "20000", "--dim", "64", "--queries", "500", "--topics", "200"]],
+            full=[["--entities", "100000"], ["--entities", "1000000", "--dim", "64", "--queries", "2000"]],
+            gpu=[]),
     Section("features", "CLIP feature extraction: pipeline against the bare forward", script="bench/feature_extraction.py",
             quick=[["throughput", "--items", "32", "--repeats", "1"], ["incremental", "--items", "200"]],
             full=[["throughput"], ["incremental"]],
             gpu=[["throughput", "--device", "cuda", "--arch", "ViT-B-32", "--precision", "fp16", "--items", "8192",
                   "--batch-size", "256", "--num-workers", "8"]]),
-    Section("faiss", "FAISS candidate index: Flat, IVF, HNSW", script="bench/faiss_index.py",
-            quick=[["--entities", "20000", "--dim", "64", "--queries", "500", "--topics", "200"]],
-            full=[["--entities", "100000"], ["--entities", "1000000", "--dim", "64", "--queries", "2000"]],
-            gpu=[]),
-    Section("description", "Description choice: scorers and the stage's prompts/s", script="bench/description_selection.py",
-            quick=[["--limit", "4", "--speeds", "--speed-prompts", "8", "--compare-previous", "--lake", "{work}/llm"]],
-            full=[["--speeds", "--compare-previous", "--lake", "{work}/llm"]],
-            gpu=[["--backend", "vllm", "--dtype", "bfloat16", "--batch-size", "512", "--lake", "{work}/llm"]]),
     Section("dump", "WikiData dump indexing", script="bench/wikidata_dump_index.py",
             quick=[["--lines", "20000"]], full=[["--lines", "250000", "1000000"]], gpu=[]),
-    Section("pipeline", "The pipeline from the README: cold, warm, incremental", script="bench/pipeline_runs.py",
-            quick=[["--entities", "40", "--mentions", "60", "--work", "{work}/pipeline"]],
-            full=[["--work", "{work}/pipeline-demo"],
-                  ["--seed", "7", "--entities", "1200", "--mentions", "3600", "--work", "{work}/pipeline-4x"]],
-            gpu=[]),
+    Section("pipeline-4x", "The same on a dataset four times the demo's size (other seed, other names)",
+            script="bench/pipeline_runs.py", quick=[],
+            full=[["--seed", "7", "--entities", "1200", "--mentions", "3600", "--work", "{work}/pipeline-4x"]], gpu=[]),
 ]
 
 
