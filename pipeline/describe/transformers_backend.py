@@ -5,7 +5,7 @@ cache repeated over them. Each prompt is then one row: its own tokens, then its 
 as a token trie (options that begin alike share those tokens; an option's last token is
 never fed, since nothing it predicts is scored), under an attention mask that lets every
 token see exactly the tokens before it in its own sequence. Prompts are grouped by size
-so that rows pad little. On the demo this is about 2.3× faster than encoding each
+so that rows pad little. On the demo this is 2.2× faster than encoding each
 prompt once and copying its cache per option, and makes the same choice for all 899
 prompts (bench/REPORT.md); what is left is float32 matrix products running near this
 CPU's peak, so a further gain has to come from fewer tokens or a GPU.
