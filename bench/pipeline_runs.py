@@ -1,7 +1,7 @@
 """The pipeline as a newcomer runs it: cold, warm (nothing changed), and after 1% new mentions.
 
     python bench/pipeline_runs.py                                   # the demo dataset (900 mentions)
-    python bench/pipeline_runs.py --entities 1200 --mentions 3600   # a dataset four times the demo's size
+    python bench/pipeline_runs.py --seed 7 --entities 740 --mentions 3600  # 4x the demo's mentions
     python bench/pipeline_runs.py --entities 40 --mentions 60       # a quick look (CI smoke)
 
 Each run is the README's command, `python -m assets.materialize --select 'not group:linking'`, in a fresh
