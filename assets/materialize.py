@@ -21,6 +21,7 @@ import sys
 import time
 
 import dagster as dg
+from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContext
 
@@ -47,7 +48,7 @@ class InstanceLoadingContext(LoadingContext):
 def plan(instance: dg.DagsterInstance, selection: str, everything: bool) -> tuple[list[dg.AssetKey], list[str]]:
     """The materializable assets of `selection` to run, and one line per asset saying why it runs or not."""
     graph = defs.resolve_asset_graph()
-    selected = dg.AssetSelection.from_string(selection).resolve(graph)
+    selected = selected_keys(selection)
     keys = sorted((key for key in selected if graph.get(key).is_materializable), key=lambda k: k.to_user_string())
     resolver = CachingStaleStatusResolver(instance, graph, InstanceLoadingContext(instance))
     run, lines = set(), []
@@ -76,11 +77,24 @@ def plan(instance: dg.DagsterInstance, selection: str, everything: bool) -> tupl
     return [key for key in keys if key in run], lines
 
 
+def selected_keys(selection: str) -> set[dg.AssetKey]:
+    """The assets `selection` names, or a one-sentence error (SystemExit) when it names none or does not parse."""
+    try:
+        keys = dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph())
+    except DagsterInvalidAssetSelectionError:
+        raise SystemExit(f"--select {selection!r} is not a Dagster asset selection (e.g. 'not group:linking', "
+                         "'key:mentions+').") from None
+    if not keys:
+        raise SystemExit(f"--select {selection!r} selects no asset of the code location assets.definitions.")
+    return keys
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--select", default="*", help="Dagster asset selection (default: every asset)")
     parser.add_argument("--all", action="store_true", help="run every selected asset, stale or not")
     args = parser.parse_args(argv)
+    selected_keys(args.select)  # a bad selection fails before anything runs
     started = time.perf_counter()
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:

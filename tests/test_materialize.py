@@ -65,3 +65,10 @@ def test_cold_then_warm_then_one_new_mention(home):
         assert after[name].endswith(": run"), (name, after[name])
     for name in ENTITY_SIDE[1:]:  # entities were re-ingested with the same content: their consumers are skipped
         assert after[name].endswith("skipped"), (name, after[name])
+
+
+def test_a_selection_that_names_nothing_is_one_sentence_and_runs_nothing(home):
+    for selection, says in (("group:nope", "selects no asset"), ("key:(", "is not a Dagster asset selection")):
+        finished = subprocess.run([sys.executable, "-m", "assets.materialize", "--select", selection],
+                                  cwd=ROOT, env=home, capture_output=True, text=True)
+        assert finished.returncode != 0 and says in finished.stderr and "Traceback" not in finished.stderr
