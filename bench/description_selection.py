@@ -120,6 +120,38 @@ def scorer_speeds(config: LLMConfig, lake: Lake, prompts_to_time: int = 16) -> l
     return timings
 
 
+def time_shares(config: LLMConfig, lake: Lake, prompts_to_time: int = 48) -> list[dict]:
+    """Where the scorer in use spends its CPU time on those prompts (torch.profiler, self time per operator kind):
+    the ceiling on what removing everything but the model's matrix products could still gain."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from pipeline.describe.prompts import encode_prompt
+    from pipeline.describe.transformers_backend import score_grouped
+
+    backend = make_backend(config)
+    backend.ensure_loaded()
+    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
+    prompts = [item.prompt for item in options if item.prompt is not None][:prompts_to_time]
+    encoded = [encode_prompt(backend.tokenizer, p)[0] for p in prompts]
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as profiler:
+        score_grouped(backend.model, encoded, backend.pad_id)
+    kinds = {"matrix products (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+             "attention (sdpa kernels)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                                          "aten::_scaled_dot_product_attention_math"),
+             "log-sum-exp over the vocabulary": ("aten::logsumexp", "aten::amax", "aten::exp", "aten::exp_",
+                                                 "aten::sub", "aten::log")}
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {kind: sum(e.self_cpu_time_total for e in events if e.key in names) / total for kind, names in kinds.items()}
+    rows = [{"operators": kind, "share of CPU time": f"{share:.1%}"} for kind, share in shares.items()]
+    rows.append({"operators": "everything else (norms, activations, copies, indexing)",
+                 "share of CPU time": f"{1 - sum(shares.values()):.1%}"})
+    ceiling = 1 / shares["matrix products (mm, addmm, bmm)"]
+    rows.append({"operators": "ceiling if all but the matrix products cost nothing", "share of CPU time": f"{ceiling:.2f}x"})
+    return rows
+
+
 def previous_scorer_agreement(config: LLMConfig, lake: Lake) -> dict:
     """Every prompt of the lake scored again with the previous scorer (and its baselines): same choices?"""
     from pipeline.describe.scoring import score_prompts
@@ -279,6 +311,8 @@ def main() -> int:
         print("\nscorers on the same prompts:\n")
         print(markdown(speeds))
         tables.append({"title": "Scorers on the same prompts (questions), side by side in this run", "rows": speeds})
+        tables.append({"title": "Where the scorer in use spends its time on those prompts (torch.profiler)",
+                       "rows": time_shares(config, lake, args.speed_prompts)})
     if args.compare_previous and args.backend == "transformers":
         agreement = previous_scorer_agreement(config, lake)
         print("\n" + json.dumps(agreement))
