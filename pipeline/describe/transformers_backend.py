@@ -5,11 +5,12 @@ cache repeated over them. Each prompt is then one row: its own tokens, then its 
 as a token trie (options that begin alike share those tokens; an option's last token is
 never fed, since nothing it predicts is scored), under an attention mask that lets every
 token see exactly the tokens before it in its own sequence. Prompts are grouped by size
-so that rows pad little. On the demo this is 2.2× faster than encoding each
-prompt once and copying its cache per option (28 % fewer tokens through the model, no
-cache copies, a log-sum-exp instead of a full log-softmax) and makes the same choice for
-every prompt (bench/REPORT.md). What is left is the model's own float32 matrix products:
-a further gain on a CPU has to come from fewer tokens; the GPU path is vLLM.
+so that rows pad little. On the demo this is 1.7× faster than encoding each prompt once
+and copying its cache per option (2.2× on a loaded machine; 28 % fewer tokens through the
+model, no cache copies, a log-sum-exp instead of a full log-softmax) and makes the same
+choice for every prompt (bench/REPORT.md). What is left is three quarters the model's own
+float32 matrix products: a further gain on a CPU has to come from fewer tokens; the GPU
+path is vLLM.
 
 `score_one_by_one` is the plain reference (each option as its own full sequence, no
 padding, no cache); tests check the batched scores against it and against choices
