@@ -45,10 +45,12 @@ class InstanceLoadingContext(LoadingContext):
         return self._loaders
 
 
-def plan(instance: dg.DagsterInstance, selection: str, everything: bool) -> tuple[list[dg.AssetKey], list[str]]:
-    """The materializable assets of `selection` to run, and one line per asset saying why it runs or not."""
+Plan = tuple[list[dg.AssetKey], list[str]]
+
+
+def plan(instance: dg.DagsterInstance, selected: set[dg.AssetKey], everything: bool) -> Plan:
+    """The materializable assets of `selected` to run, and one line per asset saying why it runs or not."""
     graph = defs.resolve_asset_graph()
-    selected = selected_keys(selection)
     keys = sorted((key for key in selected if graph.get(key).is_materializable), key=lambda k: k.to_user_string())
     resolver = CachingStaleStatusResolver(instance, graph, InstanceLoadingContext(instance))
     run, lines = set(), []
@@ -89,24 +91,34 @@ def selected_keys(selection: str) -> set[dg.AssetKey]:
     return keys
 
 
+def failures(result) -> str:
+    """Each failed step and the sentence it failed with (a stage's own message, not its stack)."""
+    reasons = []
+    for event in result.get_step_failure_events():
+        failure = event.step_failure_data
+        message = failure.user_failure_data.description if failure.user_failure_data else None
+        reasons.append(f"{event.step_key}: {message or failure.error.message.strip().splitlines()[-1]}")
+    return "; ".join(reasons) or "see the log above"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--select", default="*", help="Dagster asset selection (default: every asset)")
     parser.add_argument("--all", action="store_true", help="run every selected asset, stale or not")
     args = parser.parse_args(argv)
-    selected_keys(args.select)  # a bad selection fails before anything runs
+    selected = selected_keys(args.select)  # a bad selection fails before anything runs
     started = time.perf_counter()
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:
         observed = job.execute_in_process(instance=instance, asset_selection=[OBSERVED], raise_on_error=False)
         if not observed.success:
-            print("Could not observe the dataset's files; see the error above.", file=sys.stderr)
+            print(f"Could not observe the dataset's files: {failures(observed)}", file=sys.stderr)
             return 1
         runs = []
         # Dagster marks an asset stale when an input's data version changed, not when an input is merely
         # stale itself: what a run changes can make its downstream stale, so plan again after each run.
         for wave in range(len(defs.resolve_asset_graph().get_all_asset_keys())):
-            keys, lines = plan(instance, args.select, args.all and wave == 0)
+            keys, lines = plan(instance, selected, args.all and wave == 0)
             print("\n".join(lines if wave == 0 else [line for line in lines if not line.endswith(": skipped")]),
                   flush=True)
             if not keys:
@@ -114,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
             runs.append(result.run_id)
             if not result.success:
-                print(f"Run {result.run_id} failed after {time.perf_counter() - started:.1f} s; its log above says "
-                      "which step and why.", file=sys.stderr)
+                print(f"Run {result.run_id} failed after {time.perf_counter() - started:.1f} s: {failures(result)}",
+                      file=sys.stderr)
                 return 1
     seconds = time.perf_counter() - started
     if not runs:

@@ -72,3 +72,15 @@ def test_a_selection_that_names_nothing_is_one_sentence_and_runs_nothing(home):
         finished = subprocess.run([sys.executable, "-m", "assets.materialize", "--select", selection],
                                   cwd=ROOT, env=home, capture_output=True, text=True)
         assert finished.returncode != 0 and says in finished.stderr and "Traceback" not in finished.stderr
+
+
+def test_a_missing_dataset_folder_is_named_in_the_last_line_and_nothing_runs(home, tmp_path):
+    env = {**home, "MEL_DATASET_DIR": str(tmp_path / "nowhere"), "MEL_HOME": str(tmp_path / "mel")}
+    finished = subprocess.run([sys.executable, "-m", "assets.materialize", "--select", "not group:linking"],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+
+    assert finished.returncode == 1
+    assert finished.stderr.strip().splitlines()[-1] == (
+        f"Could not observe the dataset's files: dataset_files: The dataset directory {tmp_path / 'nowhere'} "
+        "does not exist.")
+    assert ": run" not in finished.stdout
