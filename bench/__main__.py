@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from bench.report import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "open_clip_torch", "faiss-cpu", "faiss-gpu", "dagster", "duckdb", "pyarrow",
             "numpy", "vllm")
@@ -126,10 +128,7 @@ def run_section(section: Section, runs: list[list[str]], work: Path) -> list[str
 def render(result: dict) -> list[str]:
     out = [f"*{result['setup']}*", ""]
     for table in result["tables"]:
-        out += [f"**{table['title']}**", "", "| " + " | ".join(table["columns"]) + " |",
-                "|" + "---|" * len(table["columns"])]
-        out += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in table["rows"]]
-        out.append("")
+        out += [f"**{table['title']}**", "", markdown_table(table["columns"], table["rows"]), ""]
     out += [f"- {note}" for note in result.get("notes", [])]
     return out + ([""] if result.get("notes") else [])
 

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
+from bench.report import markdown_table, write_json  # noqa: E402
 from pipeline.demo import ensure_demo_dataset  # noqa: E402
 from pipeline.describe.backends import LLMConfig, make_backend  # noqa: E402
 from pipeline.describe.cache import ChoiceCache  # noqa: E402
@@ -50,10 +51,7 @@ from pipeline.wikidata.stage import WikidataSettings, build_wikidata_candidates 
 
 
 def markdown(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(list(rows[0]), [list(row.values()) for row in rows])
 
 
 def prepare_lake(lake: Lake, limit: int | None) -> None:
@@ -88,16 +86,22 @@ def rule_comparison(lake: Lake) -> list[dict]:
     return results
 
 
-def scorer_speeds(config: LLMConfig, lake: Lake, prompts_to_time: int = 16) -> list[dict]:
-    """Seconds for the same prompts with each scorer: the trie (in use), the previous one, packed, one by one."""
+def lake_prompts(lake: Lake) -> list:
+    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
+    return [item.prompt for item in options if item.prompt is not None]
+
+
+def question_encodings(backend, prompts: list) -> list:
+    """The questions' token ids (the baselines are alike), as the scorers take them."""
     from pipeline.describe.prompts import encode_prompt
+
+    return [encode_prompt(backend.tokenizer, p)[0] for p in prompts]
+
+
+def scorer_speeds(backend, encoded: list) -> list[dict]:
+    """Seconds for the same prompts with each scorer: the trie (in use), the previous one, packed, one by one."""
     from pipeline.describe.transformers_backend import score_grouped, score_one_by_one
 
-    backend = make_backend(config)
-    backend.ensure_loaded()
-    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
-    prompts = [item.prompt for item in options if item.prompt is not None][:prompts_to_time]
-    encoded = [encode_prompt(backend.tokenizer, p)[0] for p in prompts]  # the questions (baselines alike)
     model, pad = backend.model, backend.pad_id
     timings = []
     for name, run in (
@@ -120,20 +124,14 @@ def scorer_speeds(config: LLMConfig, lake: Lake, prompts_to_time: int = 16) -> l
     return timings
 
 
-def time_shares(config: LLMConfig, lake: Lake, prompts_to_time: int = 48) -> list[dict]:
+def time_shares(backend, encoded: list) -> list[dict]:
     """Where the scorer in use spends its CPU time on those prompts (torch.profiler, self time per operator kind):
     the ceiling on what removing everything but the model's matrix products could still gain."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pipeline.describe.prompts import encode_prompt
     from pipeline.describe.transformers_backend import score_grouped
 
-    backend = make_backend(config)
-    backend.ensure_loaded()
-    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
-    prompts = [item.prompt for item in options if item.prompt is not None][:prompts_to_time]
-    encoded = [encode_prompt(backend.tokenizer, p)[0] for p in prompts]
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as profiler:
         score_grouped(backend.model, encoded, backend.pad_id)
     kinds = {"matrix products (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
@@ -152,14 +150,10 @@ def time_shares(config: LLMConfig, lake: Lake, prompts_to_time: int = 48) -> lis
     return rows
 
 
-def previous_scorer_agreement(config: LLMConfig, lake: Lake) -> dict:
-    """Every prompt of the lake scored again with the previous scorer (and its baselines): same choices?"""
+def previous_scorer_agreement(backend, prompts: list, lake: Lake) -> dict:
+    """Every prompt scored again with the previous scorer (and its baselines): the stage's choices?"""
     from pipeline.describe.scoring import score_prompts
 
-    backend = make_backend(config)
-    backend.ensure_loaded()
-    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
-    prompts = [item.prompt for item in options if item.prompt is not None]
     with ChoiceCache(lake.duckdb_path("llm_choices")) as cache, cache.connect() as con:
         in_use = {prompt: (index, list(sums)) for prompt, index, sums in
                   con.execute("SELECT prompt, chosen_index, logprob_sums FROM choices").fetchall()}
@@ -306,20 +300,25 @@ def main() -> int:
                "rows": [{"mentions": table.num_rows, **{k: counts[k] for k in (
                    "prompts_scored", "model_load_seconds", "scoring_seconds", "prompts_per_second")},
                    "wall s": round(wall, 1)}]}]
-    if args.speeds and args.backend == "transformers":
-        speeds = scorer_speeds(config, lake, args.speed_prompts)
-        print("\nscorers on the same prompts:\n")
-        print(markdown(speeds))
-        tables.append({"title": "Scorers on the same prompts (questions), side by side in this run", "rows": speeds})
-        tables.append({"title": "Where the scorer in use spends its time on those prompts (torch.profiler)",
-                       "rows": time_shares(config, lake, args.speed_prompts)})
-    if args.compare_previous and args.backend == "transformers":
-        agreement = previous_scorer_agreement(config, lake)
-        print("\n" + json.dumps(agreement))
-        tables.append({"title": "Every prompt rescored with the previous scorer", "rows": [agreement]})
+    if (args.speeds or args.compare_previous) and args.backend == "transformers":
+        backend = make_backend(config)  # one model for the measurements side by side
+        backend.ensure_loaded()
+        prompts = lake_prompts(lake)
+        if args.speeds:
+            encoded = question_encodings(backend, prompts[:args.speed_prompts])
+            speeds = scorer_speeds(backend, encoded)
+            print("\nscorers on the same prompts:\n")
+            print(markdown(speeds))
+            tables.append({"title": "Scorers on the same prompts (questions), side by side in this run",
+                           "rows": speeds})
+            tables.append({"title": "Where the scorer in use spends its time on those prompts (torch.profiler)",
+                           "rows": time_shares(backend, encoded)})
+        if args.compare_previous:
+            agreement = previous_scorer_agreement(backend, prompts, lake)
+            print("\n" + json.dumps(agreement))
+            tables.append({"title": "Every prompt rescored with the previous scorer", "rows": [agreement]})
+        backend.close()
     if args.json:
-        from bench.report import write_json
-
         write_json(args.json, "Description choice", f"{table.num_rows} demo mentions, {os.cpu_count()} CPUs, "
                    f"load average {os.getloadavg()[0]:.1f}, torch threads {args.threads or 'default'}",
                    [{"title": t["title"], "columns": list(t["rows"][0]), "rows": [list(r.values()) for r in t["rows"]]}

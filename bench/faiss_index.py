@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import write_json  # noqa: E402
+from bench.report import markdown_table, write_json  # noqa: E402
 
 K = 100
 REPEATS = 3
@@ -310,10 +310,7 @@ def main() -> None:
     header = ["index", "queries/s", "recall@100 vs exact", "gold recall@100", "build s", "sync 1% s",
               "peak RSS MB", "above imports MB", "index file MB"]
     print(setup)
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown_table(header, rows))
     if args.json:
         write_json(args.json, "FAISS candidate index: Flat, IVF, HNSW", setup,
                    [{"title": f"top-{K} search of {args.queries} queries in {args.entities} entities",

@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import write_json  # noqa: E402
+from bench.report import markdown_table, write_json  # noqa: E402
 
 DIMS = {  # store widths, matcher hidden width
     "small": ({"D": 64, "L": 16, "Wt": 64, "P1": 17, "Wv": 64}, 32),
@@ -266,7 +266,7 @@ def report(args, prepared: dict, results: dict) -> None:
                "rows": mode_rows(results, linkable)}]
     print(f"# {setup}")
     print(*notes, sep="\n")
-    print_table(tables[0])
+    print(markdown_table(tables[0]["columns"], tables[0]["rows"]))
     if "full" in results:
         tables.append(against_full(results, linkable))
         for row in tables[1]["rows"]:
@@ -316,11 +316,6 @@ def times(ratio: float) -> str:
     return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"  # a ratio under 1 (at toy sizes) stays visible
 
 
-def print_table(table: dict) -> None:
-    print("| " + " | ".join(table["columns"]) + " |")
-    print("|" + "---|" * len(table["columns"]))
-    for row in table["rows"]:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import write_json  # noqa: E402
+from bench.report import markdown_table, write_json  # noqa: E402
 
 COMMAND = ["-m", "assets.materialize", "--select", "not group:linking"]
 STEP_TIME = re.compile(r'STEP_SUCCESS - Finished execution of step "(\w+)" in ([\w.]+)\.')
@@ -101,9 +101,7 @@ def main() -> None:
              f"(+{added} new for the incremental run), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     columns = ["run", "wall s", "share of cold", "assets run", "assets skipped (up to date)"]
     print(setup)
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    print(markdown_table(columns, rows))
     steps = [[step, time_taken] for step, time_taken in runs["cold"]["steps"].items() if step in STAGE_STEPS]
     if args.json:
         write_json(args.json, "Pipeline runs: cold, warm, incremental", setup,

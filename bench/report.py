@@ -23,3 +23,10 @@ def write_json(path, title: str, setup: str, tables: list[dict], notes: Sequence
               for t in tables]
     results = {"title": title, "setup": setup, "tables": tables, "notes": list(notes)}
     path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+
+
+def markdown_table(columns, rows) -> str:
+    """A Markdown table; None cells are left empty."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.report import write_json  # noqa: E402
+from bench.report import markdown_table, write_json  # noqa: E402
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "vor", "sel", "dan", "qui", "bre", "ost", "lin", "mar", "zu", "hel"]
 LANGUAGES = ["en", "de", "fr", "es"]
@@ -191,7 +191,7 @@ def main() -> None:
     if args.compare_full_parse:
         tables.append({"title": "Parsing one line", "rows": parse_comparison(),
                        "columns": ["line", "whole-line parse µs", "parse up to claims µs", "speed-up"]})
-        print_table(tables[-1])
+        print(markdown_table(tables[-1]["columns"], tables[-1]["rows"]))
         print(flush=True)
     runs = [(lines, False) for lines in args.lines]
     if args.compare_full_parse:
@@ -199,7 +199,7 @@ def main() -> None:
     columns = ["lines", "parse", "dump (gz) MB", "items", "terms", "build s", "lines/s", "RSS after imports MB",
                "peak RSS build MB", "index MB", "search 2,000 strings s", "peak RSS with search MB", "load avg"]
     tables.append({"title": "Index build per dump size", "columns": columns, "rows": []})
-    print_table(tables[-1])  # the header now, each row as its dump is indexed
+    print(markdown_table(columns, []))  # the header now, each row as its dump is indexed
     for lines, full_parse in runs:
         dump = args.workdir / f"dump-{lines}.json.gz"
         write_dump(dump, lines)
@@ -217,11 +217,6 @@ def main() -> None:
                     "parse more"])
 
 
-def print_table(table: dict) -> None:
-    print("| " + " | ".join(table["columns"]) + " |")
-    print("|" + "---|" * len(table["columns"]))
-    for row in table["rows"]:
-        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
