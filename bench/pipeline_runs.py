@@ -44,7 +44,8 @@ def generate(dataset: Path, seed: int, entities: int, mentions: int) -> None:
 
 def add_new_mentions(dataset: Path, share: float = 0.01) -> int:
     """Append copies of test mentions, under new ids and a new sentence, to the test split."""
-    splits = {path: json.loads(path.read_text()) for path in sorted(dataset.glob("*_t*.json"))}
+    splits = {path: json.loads(path.read_text()) for path in sorted(dataset.glob("*.json"))
+              if path.stem.endswith(("_train", "_dev", "_test"))}
     total = sum(len(records) for records in splits.values())
     test_file = next(path for path in splits if path.name.endswith("_test.json"))
     records = splits[test_file]
