@@ -17,9 +17,15 @@ from assets.metadata import markdown_table
 from assets.resources import LakeResource, user_errors
 from pipeline.errors import MELUserError
 from pipeline.features import DEFAULT_ARCH, FeatureStore, entity_items, mention_items, mention_store_name, store_dir
+from pipeline.features.shards import SHARD_COUNT_ENV, KBShards
 from pipeline.features.validate import check_feature_store
 
 GROUP = "features"
+# Read once, when the code location loads: the same count must reach every process of a deployment (the UI,
+# the daemon and each run worker), so set $MEL_KB_SHARDS where they all start. A new count gives new shard
+# stores; entity_features reuses what the old ones hold only for the count it was loaded with.
+KB_SHARDS = KBShards.from_env()
+kb_shards = dg.StaticPartitionsDefinition(KB_SHARDS.keys)
 
 
 class ClipResource(dg.ConfigurableResource):
@@ -53,14 +59,15 @@ class ExtractConfig(dg.Config):
     force: bool = False  # re-encode every item even when the store holds its features
 
 
-def _extract(context, lake, clip: ClipResource, name: str, items, config: ExtractConfig) -> dg.MaterializeResult:
+def _extract(context, clip: ClipResource, path, items, config: ExtractConfig, reuse_from=(),
+             extra_metadata=None) -> dg.MaterializeResult:
     from pipeline.features import extract_features  # open_clip loads on first use, not with the code location
 
-    path = store_dir(lake, name)
     report = extract_features(items, path, clip.spec(), batch_size=clip.batch_size, num_workers=clip.num_workers,
-                              force=config.force, logger=context.log)
+                              force=config.force, reuse_from=reuse_from, logger=context.log)
     store = FeatureStore.open(path)
-    return dg.MaterializeResult(metadata=_metadata(report, store, clip), data_version=dg.DataVersion(report.fingerprint))
+    return dg.MaterializeResult(metadata={**_metadata(report, store, clip), **(extra_metadata or {})},
+                                data_version=dg.DataVersion(report.fingerprint))
 
 
 def _metadata(report, store: FeatureStore, clip: ClipResource) -> dict:
@@ -88,6 +95,7 @@ def _metadata(report, store: FeatureStore, clip: ClipResource) -> dict:
         "mirror_bytes": disk["mirror"],
         "fingerprint": report.fingerprint,
         "store_rewritten": report.committed,
+        "parts_linked": report.parts_linked,
     }
     if clip.spec().untrained:
         metadata["WARNING"] = (
@@ -98,15 +106,34 @@ def _metadata(report, store: FeatureStore, clip: ClipResource) -> dict:
 
 
 @dg.asset(
-    group_name=GROUP, deps=["entities"], pool="gpu", kinds={"parquet", "pytorch"},
+    group_name=GROUP, deps=["entities"], partitions_def=kb_shards, pool="gpu", kinds={"parquet", "pytorch"},
+    description=f"CLIP features of one KB shard (the entities whose kb_index % {KB_SHARDS.count} is the partition; "
+    f"${SHARD_COUNT_ENV} sets the count), in a store of its own: backfill the partitions to embed a large KB "
+    "over several processes or machines; entity_features then links them into one store without encoding.",
+)
+def entity_feature_shards(context: dg.AssetExecutionContext, config: ExtractConfig, lake: LakeResource,
+                          clip: ClipResource) -> dg.MaterializeResult:
+    store = lake.lake()
+    with user_errors():
+        shard = KB_SHARDS.shard(context.partition_key)
+        items = KB_SHARDS.select(entity_items(store), shard)
+        return _extract(context, clip, KB_SHARDS.store_dir(store, shard), items, config,
+                        extra_metadata={"shard": shard, "shards": KB_SHARDS.count})
+
+
+@dg.asset(
+    group_name=GROUP, deps=["entities", "entity_feature_shards"], pool="gpu", kinds={"parquet", "pytorch"},
     description="CLIP features of every KB entity ('name [SEP] description' + first usable image): pooled "
-    "vectors and token states, float16, in a content-addressed Parquet store (only changed entities re-encode).",
+    "vectors and token states, float16, in a content-addressed Parquet store. Entities that an "
+    "entity_feature_shards partition holds are linked from it; the rest (all of them when no shard ran, or "
+    "the entities changed since) are encoded here: only changed entities re-encode.",
 )
 def entity_features(context: dg.AssetExecutionContext, config: ExtractConfig, lake: LakeResource,
                     clip: ClipResource) -> dg.MaterializeResult:
     store = lake.lake()
     with user_errors():
-        return _extract(context, store, clip, "entity_features", entity_items(store), config)
+        return _extract(context, clip, store_dir(store, "entity_features"), entity_items(store), config,
+                        reuse_from=KB_SHARDS.store_dirs(store))
 
 
 @dg.asset(
@@ -119,7 +146,7 @@ def mention_features(context: dg.AssetExecutionContext, config: ExtractConfig, l
     store = lake.lake()
     with user_errors():
         items = mention_items(store, clip.description_source)  # validates the source first
-        return _extract(context, store, clip, mention_store_name(clip.description_source), items, config)
+        return _extract(context, clip, store_dir(store, mention_store_name(clip.description_source)), items, config)
 
 
 def _store_covers(lake: LakeResource, name: str, table: str, id_column: str) -> dg.AssetCheckResult:
@@ -185,6 +212,15 @@ def entity_features_finite_and_shaped(lake: LakeResource) -> dg.AssetCheckResult
 @dg.asset_check(asset=mention_features, blocking=True, description=FINITE_AND_SHAPED)
 def mention_features_finite_and_shaped(lake: LakeResource, clip: ClipResource) -> dg.AssetCheckResult:
     return _finite_and_shaped(lake, mention_store_name(clip.description_source))
+
+embed_kb_shards_job = dg.define_asset_job(
+    "embed_kb_shards",
+    selection=[entity_feature_shards],
+    partitions_def=kb_shards,
+    description="Embed the KB shard by shard: backfill it (UI: Launch backfill; CLI: dagster job backfill -j "
+    "embed_kb_shards --all) and each shard runs alone, where the run launcher puts it (a local process, or a "
+    "Ray job with RayRunLauncher); a failed shard is re-run alone. Then materialize entity_features+.",
+)
 
 kb_features_job = dg.define_asset_job(
     "refresh_kb_features",

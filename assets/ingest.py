@@ -111,9 +111,10 @@ def quarantine_rate(lake: LakeResource) -> dg.AssetCheckResult:
 refresh_job = dg.define_asset_job(
     "refresh_dataset",
     selection=dg.AssetSelection.assets("mentions", "entities", "quarantine").downstream()
-    - dg.AssetSelection.groups("linking"),
+    - dg.AssetSelection.groups("linking") - dg.AssetSelection.assets("entity_feature_shards"),
     description="Re-ingest the dataset and bring every downstream asset up to date; "
-    "each stage recomputes only what changed.",
+    "each stage recomputes only what changed (entity_features encodes the changed entities itself: the KB "
+    "shards are for embedding a whole KB, see embed_kb_shards).",
 )
 
 

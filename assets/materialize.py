@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
@@ -45,38 +46,94 @@ class InstanceLoadingContext(LoadingContext):
         return self._loaders
 
 
-Plan = tuple[list[dg.AssetKey], list[str]]
+@dataclass(frozen=True)
+class Plan:
+    """What to run: each stale or missing partition in a run of its own (as a backfill runs them), then the
+    unpartitioned assets in one run; and one line per asset saying why it runs or not."""
+
+    partitions: list[tuple[dg.AssetKey, str]]
+    assets: list[dg.AssetKey]
+    lines: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.partitions or self.assets)
+
+    def runs(self) -> list[tuple[list[dg.AssetKey], str | None]]:
+        """(assets, partition) per run, in dependency order: the unpartitioned assets upstream of a partition
+        to run, then each partition, then the other unpartitioned assets."""
+        graph, upstream = defs.resolve_asset_graph(), _ancestors({key for key, _ in self.partitions})
+        before = [key for key in self.assets if upstream & set(graph.get(key).execution_set_asset_keys)]
+        after = [key for key in self.assets if key not in before]
+        return ([(before, None)] if before else []) + [([key], partition) for key, partition in self.partitions] \
+            + ([(after, None)] if after else [])
+
+
+def _ancestors(keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+    graph, found, todo = defs.resolve_asset_graph(), set(), list(keys)
+    while todo:
+        for parent in graph.get(todo.pop()).parent_keys:
+            if parent not in found:
+                found.add(parent)
+                todo.append(parent)
+    return found
 
 
 def plan(instance: dg.DagsterInstance, selected: set[dg.AssetKey], everything: bool) -> Plan:
-    """The materializable assets of `selected` to run, and one line per asset saying why it runs or not."""
+    """The materializable assets (and partitions) of `selected` to run, and why."""
     graph = defs.resolve_asset_graph()
     keys = sorted((key for key in selected if graph.get(key).is_materializable), key=lambda k: k.to_user_string())
     resolver = CachingStaleStatusResolver(instance, graph, InstanceLoadingContext(instance))
-    run, lines = set(), []
+    run, partitions, lines = set(), [], []
     for key in keys:
+        partitions_def = graph.get(key).partitions_def
+        if partitions_def is not None:
+            to_run, line = _plan_partitions(instance, resolver, key, partitions_def, everything)
+            partitions += [(key, partition) for partition in to_run]
+            lines.append(line)
+            continue
         status = resolver.get_status(key)
-        name = key.to_user_string()
-        if everything:
+        runs, reason = _decide(resolver, key, None, status, everything)
+        if runs:
             run.add(key)
-            lines.append(f"{name}: {status.value.lower()}, run anyway (--all): the stage reuses what is unchanged")
-        elif status == StaleStatus.MISSING:
-            run.add(key)
-            lines.append(f"{name}: never materialized: run")
-        elif status == StaleStatus.STALE:
-            run.add(key)
-            causes = "; ".join(f"{cause.asset_key.to_user_string()} {cause.reason}"
-                               for cause in resolver.get_stale_root_causes(key))
-            lines.append(f"{name}: stale ({causes}): run")
+            lines.append(f"{key.to_user_string()}: {reason}")
         else:
             record = instance.get_latest_materialization_event(key)
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.timestamp)) if record else "?"
-            lines.append(f"{name}: up to date (materialized {when}; its code version and every input's data "
-                         "version are unchanged since): skipped")
+            lines.append(f"{key.to_user_string()}: up to date (materialized {when}; its code version and every "
+                         "input's data version are unchanged since): skipped")
     # A multi-asset that cannot be subset (ingest) runs whole when one of its assets must.
     for key in list(run):
         run |= set(graph.get(key).execution_set_asset_keys) & set(keys)
-    return [key for key in keys if key in run], lines
+    return Plan(partitions, [key for key in keys if key in run], lines)
+
+
+def _decide(resolver, key, partition, status, everything) -> tuple[bool, str]:
+    if everything:
+        return True, f"{status.value.lower()}, run anyway (--all): the stage reuses what is unchanged"
+    if status == StaleStatus.MISSING:
+        return True, "never materialized: run"
+    if status == StaleStatus.STALE:
+        causes = "; ".join(f"{cause.asset_key.to_user_string()} {cause.reason}"
+                           for cause in resolver.get_stale_root_causes(key, partition))
+        return True, f"stale ({causes}): run"
+    return False, "up to date: skipped"
+
+
+def _plan_partitions(instance, resolver, key, partitions_def, everything) -> tuple[list[str], str]:
+    """The partitions of `key` to run, and one line for them all (partitions grouped by what is decided)."""
+    to_run, reasons = [], {}
+    for partition in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
+        runs, reason = _decide(resolver, key, partition, resolver.get_status(key, partition), everything)
+        reasons.setdefault(reason, []).append(partition)
+        if runs:
+            to_run.append(partition)
+    groups = "; ".join(f"{_partition_list(names)} {reason}" for reason, names in reasons.items())
+    return to_run, f"{key.to_user_string()}: {groups or 'no partitions yet: skipped'}"
+
+
+def _partition_list(names: list[str]) -> str:
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"partition{'s' if len(names) > 1 else ''} {shown}"
 
 
 def selected_keys(selection: str) -> set[dg.AssetKey]:
@@ -116,19 +173,21 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         runs = []
         # Dagster marks an asset stale when an input's data version changed, not when an input is merely
-        # stale itself: what a run changes can make its downstream stale, so plan again after each run.
+        # stale itself: what a run changes can make its downstream stale, so plan again after each wave.
         for wave in range(len(defs.resolve_asset_graph().get_all_asset_keys())):
-            keys, lines = plan(instance, selected, args.all and wave == 0)
-            print("\n".join(lines if wave == 0 else [line for line in lines if not line.endswith(": skipped")]),
+            todo = plan(instance, selected, args.all and wave == 0)
+            print("\n".join(todo.lines if wave == 0 else [line for line in todo.lines if not line.endswith("skipped")]),
                   flush=True)
-            if not keys:
+            if not todo:
                 break
-            result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
-            runs.append(result.run_id)
-            if not result.success:
-                print(f"Run {result.run_id} failed after {time.perf_counter() - started:.1f} s: {failures(result)}",
-                      file=sys.stderr)
-                return 1
+            for keys, partition in todo.runs():
+                result = job.execute_in_process(instance=instance, asset_selection=keys, partition_key=partition,
+                                                raise_on_error=False)
+                runs.append(result.run_id)
+                if not result.success:
+                    print(f"Run {result.run_id} failed after {time.perf_counter() - started:.1f} s: "
+                          f"{failures(result)}", file=sys.stderr)
+                    return 1
     seconds = time.perf_counter() - started
     if not runs:
         print(f"Nothing to materialize: every selected asset is up to date ({seconds:.1f} s).")

@@ -50,6 +50,7 @@ class ExtractReport:
     issues_by_code: dict[str, int]
     encoder: dict
     dims: dict
+    parts_linked: int = 0  # parts of the `reuse_from` stores linked in before encoding
 
     @property
     def items_per_second(self) -> float:
@@ -132,12 +133,15 @@ def extract_features(
     num_workers: int = 2,
     part_rows: int | None = None,
     force: bool = False,
+    reuse_from=(),
     logger=log,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> ExtractReport:
     """Bring the store at ``store_dir`` to exactly ``items``; encode only what it does not hold.
 
-    ``force`` re-encodes every item. ``on_batch(encoded_so_far, to_encode)`` is called after each batch.
+    ``reuse_from``: other stores (the KB shards' stores) whose rows of the same encoder are reused, linked in
+    without copying. ``force`` re-encodes every item. ``on_batch(encoded_so_far, to_encode)`` is called after
+    each batch.
     """
     if batch_size < 1 or num_workers < 0:
         raise MELUserError(f"ClipResource.batch_size must be >= 1 and num_workers >= 0 "
@@ -146,7 +150,8 @@ def extract_features(
     identity_json = spec.identity_json()
     identity = spec.identity()
     keys = items.content_keys(identity_json)
-    with StoreWriter(store_dir, identity, items.recipe, part_rows=part_rows, logger=logger) as writer:
+    with StoreWriter(store_dir, identity, items.recipe, part_rows=part_rows, logger=logger,
+                     reuse_from=() if force else reuse_from) as writer:
         reusable = set() if force else writer.reusable_keys
         todo = _first_of_each_new_key(keys, reusable)
         encode_seconds = wait_seconds = 0.0
@@ -161,13 +166,16 @@ def extract_features(
             encode_seconds, wait_seconds = _encode(items, keys, todo, encoder, writer, batch_size, num_workers,
                                                    logger, on_batch)
         else:
-            logger.info(f"{items.kind} features: all {len(items)} items already in {writer.root}; nothing to encode.")
+            linked = f" ({writer.parts_linked} part(s) linked from the shard stores)" if writer.parts_linked else ""
+            logger.info(f"{items.kind} features: all {len(items)} items already in {writer.root}{linked}; "
+                        "nothing to encode.")
         result = writer.commit(items.ids, keys, provenance={"encoded": len(todo), "device": device})
         report = ExtractReport(
             items=len(items), encoded=len(todo), reused=len(items) - len(todo),
             seconds=time.perf_counter() - started, encode_seconds=encode_seconds, input_wait_seconds=wait_seconds,
             fingerprint=result.fingerprint, committed=result.changed,
             issues_by_code=result.issues_by_code, encoder=identity, dims=writer.dims,
+            parts_linked=writer.parts_linked,
         )
     if todo:
         logger.info(

@@ -45,6 +45,12 @@ class Items:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, positions: list[int]) -> "Items":
+        """The items at ``positions``, in that order, with the same recipe."""
+        return Items(self.kind, [self.ids[i] for i in positions], [self.texts[i] for i in positions],
+                     [self.image_files[i] for i in positions], [self.image_digests[i] for i in positions],
+                     dict(self.recipe))
+
     def content_keys(self, identity_json: str) -> list[str]:
         """hash(encoder identity, text, image digest): equal keys mean equal features."""
         return [hash_strings([identity_json, text, digest or ""])

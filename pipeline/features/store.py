@@ -27,6 +27,11 @@ older generations are deleted. Parts whose live rows fell under half are rewritt
 refreshed many times stays near its live size. Rows that failed for a transient reason (``retry``) are
 served but never reused. One writer at a time holds ``.lock``; readers take no lock and see either the old
 or the new generation.
+
+Reuse across stores: a writer given ``reuse_from`` (other stores' directories, e.g. the KB shards' stores)
+first links their committed parts of the same encoder identity into its own ``parts/``: a hard link, so
+no feature bytes are copied on one filesystem (a copy where the filesystem has no links). Their rows are
+then reusable like its own, and the links it does not need are deleted with its garbage.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import logging
 import mmap
 import os
 import re
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -375,8 +381,10 @@ class StoreWriter:
     """
 
     def __init__(self, root: Path | str, identity: dict, recipe: dict, part_rows: int | None = None,
-                 logger=log):
+                 logger=log, reuse_from: tuple[Path, ...] = ()):
         self.root = Path(root)
+        self.reuse_from = tuple(Path(source) for source in reuse_from)
+        self.parts_linked = 0
         self.identity = identity
         self.identity_json = json.dumps(identity, sort_keys=True)
         self.recipe = recipe
@@ -398,6 +406,8 @@ class StoreWriter:
         self._lock = exclusive_lock(self.root / ".lock", self.logger,
                                     f"Another run is writing {self.root}; waiting for it to finish.")
         self._lock.__enter__()
+        self.parts_linked = sum(_link_committed_parts(source, self.root, self.identity, self.logger)
+                                for source in self.reuse_from)
         self._scan_parts()
         return self
 
@@ -601,6 +611,40 @@ class StoreWriter:
             if (generated or TEMP_MARKER in path.name) and path.name not in keep_files:
                 path.unlink(missing_ok=True)
         return deleted
+
+
+def _link_committed_parts(source: Path, root: Path, identity: dict, logger) -> int:
+    """Link the committed parts of the store at `source` written by `identity` into `root`'s parts; how many."""
+    try:
+        manifest = _read_manifest(source)
+    except (OSError, ValueError, MELUserError) as error:
+        logger.warning(f"Not reusing the feature store at {source}: {error}")
+        return 0
+    if manifest is None or manifest.get("encoder") != identity:
+        return 0  # not committed yet, or another encoder: its rows could not be reused anyway
+    linked = 0
+    for name in manifest["parts"]:
+        (source_parquet, source_mirror), (parquet, mirror) = _part_paths(source, name), _part_paths(root, name)
+        if parquet.is_file():
+            continue
+        try:
+            if source_mirror.is_file():  # the mirror first: a part whose Parquet exists has its mirror
+                _link_or_copy(source_mirror, mirror)
+            _link_or_copy(source_parquet, parquet)
+            linked += 1
+        except FileNotFoundError:  # that store's writer deleted the part meanwhile: its rows get encoded
+            continue
+    return linked
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass
+    except OSError:  # another filesystem, or one without hard links
+        with atomic_path(target) as temp:
+            shutil.copyfile(source, temp)
 
 
 def _new_part_name() -> str:
