@@ -2,6 +2,8 @@
 
 The logic lives in ``pipeline.features``; these assets pick the items, call ``extract_features`` and turn its
 report into metadata. A re-materialization encodes only items whose text, image or encoder changed.
+``entity_feature_shards`` (one partition per KB shard, ``pipeline.features.shards``) is how embedding a whole KB
+fans out over processes or machines; ``entity_features`` links what the shards hold and encodes the rest.
 open_clip is imported inside the functions that run the encoder: its import takes seconds, and the code
 location imports every asset module each time it loads.
 """
@@ -218,7 +220,7 @@ embed_kb_shards_job = dg.define_asset_job(
     selection=[entity_feature_shards],
     partitions_def=kb_shards,
     description="Embed the KB shard by shard: backfill it (UI: Launch backfill; CLI: dagster job backfill -j "
-    "embed_kb_shards --all) and each shard runs alone, where the run launcher puts it (a local process, or a "
+    "embed_kb_shards --partitions 0,1,2,3) and each shard runs alone, where the run launcher puts it (a local process, or a "
     "Ray job with RayRunLauncher); a failed shard is re-run alone. Then materialize entity_features+.",
 )
 

@@ -70,6 +70,12 @@ SECTIONS = [  # the order of a full run: what matters most first (the report is 
             full=[["throughput"], ["incremental"]],
             gpu=[["throughput", "--device", "cuda", "--arch", "ViT-B-32", "--precision", "fp16", "--items", "8192",
                   "--batch-size", "256", "--num-workers", "8"]]),
+    Section("scale-out", "Scale-out: a backfill of the KB shards (multiprocess, Ray) against one process",
+            script="bench/scale_out.py",
+            quick=[["--entities", "24", "--mentions", "30", "--shards", "2", "--work", "{work}/scale-out"]],
+            full=[["--work", "{work}/scale-out"],
+                  ["--seed", "7", "--entities", "740", "--mentions", "120", "--work", "{work}/scale-out-740"]],
+            gpu=[]),
     Section("dump", "WikiData dump indexing", script="bench/wikidata_dump_index.py",
             quick=[["--lines", "20000"]], full=[["--lines", "250000", "1000000"]], gpu=[]),
     # 4x the mentions; the generator's name pool caps a KB at about 740 entities (2.5x the demo's)

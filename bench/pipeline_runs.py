@@ -32,7 +32,8 @@ from bench.report import markdown_table, write_json  # noqa: E402
 COMMAND = ["-m", "assets.materialize", "--select", "not group:linking"]
 STEP_TIME = re.compile(r'STEP_SUCCESS - Finished execution of step "(\w+)" in ([\w.]+)\.')
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_STEPS = {"mimic_dataset", "wikidata_candidates", "mention_descriptions", "entity_features", "mention_features",
+STAGE_STEPS = {"mimic_dataset", "wikidata_candidates", "mention_descriptions", "entity_feature_shards",
+               "entity_features", "mention_features",
                "entity_index", "mention_candidates", "retrieval_index", "retrieval_candidates", "mmoe_model",
                "evaluation"}  # the asset steps; checks are steps too, of milliseconds each
 
