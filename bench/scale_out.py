@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -86,7 +87,7 @@ class Deployment:
         """`dagster job backfill` of embed_kb_shards; waits for its runs; each partition's run status."""
         output = self.run(str(BIN / "dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "embed_kb_shards",
                           "--partitions", ",".join(partitions), "--noprompt")
-        backfill_id = output.strip().rsplit("`", 2)[-2]  # "Launched backfill job `<id>`"
+        backfill_id = re.search(r"Launched backfill job `(\w+)`", output).group(1)
         with self.instance() as instance:
             deadline = time.monotonic() + RUN_SECONDS
             while True:

@@ -30,7 +30,8 @@ def log_messages(instance, run_id):
 def test_definitions_hold_every_stage_and_run_one_step_at_a_time():
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
     assert {key.path[-1] for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
-        "dataset_files", "mentions", "entities", "quarantine", "wikidata_candidates", "mention_descriptions", "entity_features",
+        "dataset_files", "mentions", "entities", "quarantine", "wikidata_candidates", "mention_descriptions",
+        "entity_feature_shards", "entity_features",
         "mention_features", "entity_index", "mention_candidates", "retrieval_index", "retrieval_candidates",
         "mmoe_model", "evaluation", "links"}
     for name in ("refresh_dataset", "refresh_kb_features"):
