@@ -160,13 +160,13 @@ def extract_features(
             encoder = load_encoder(spec, logger)
             writer.set_dims(encoder.dims)
             device = f"{encoder.device} autocast={encoder.autocast_dtype}"
+        linked = f" ({writer.parts_linked} part(s) linked from the shard stores)" if writer.parts_linked else ""
         if todo:
             logger.info(f"{items.kind} features: {len(todo)} of {len(items)} items to encode, "
-                        f"{len(items) - len(todo)} reused from {writer.root}.")
+                        f"{len(items) - len(todo)} reused from {writer.root}{linked}.")
             encode_seconds, wait_seconds = _encode(items, keys, todo, encoder, writer, batch_size, num_workers,
                                                    logger, on_batch)
         else:
-            linked = f" ({writer.parts_linked} part(s) linked from the shard stores)" if writer.parts_linked else ""
             logger.info(f"{items.kind} features: all {len(items)} items already in {writer.root}{linked}; "
                         "nothing to encode.")
         result = writer.commit(items.ids, keys, provenance={"encoded": len(todo), "device": device})
