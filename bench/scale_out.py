@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dagster as dg  # noqa: E402
+from dagster._core.events import DagsterEventType  # noqa: E402
 from dagster._core.instance.ref import InstanceRef  # noqa: E402
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter  # noqa: E402
 
@@ -97,6 +98,16 @@ class Deployment:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"backfill {backfill_id} did not finish in {RUN_SECONDS} s: {runs}")
                 time.sleep(0.5)
+
+    def failures(self) -> dict[str, str]:
+        """Each failed run's partition and the sentence its step failed with (else its error's message)."""
+        with self.instance() as instance:
+            failed = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+            events = [(run, event.dagster_event.step_failure_data) for run in failed
+                      for event in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)]
+        return {run.tags.get("dagster/partition", ""): (failure.user_failure_data.description
+                                                        if failure.user_failure_data else failure.error.message)
+                for run, failure in events}
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))

@@ -64,6 +64,8 @@ def test_a_failed_shard_fails_alone_and_its_rerun_completes_the_kb(dataset, tmp_
     broken.write_text("not a directory")  # shard 1's storage fails, as a full or unmounted disk would
 
     assert deployment.backfill(SHARDS.keys) == {"0": SUCCESS, "1": FAILURE}
+    assert deployment.failures() == {"1": f"Cannot write the feature store at {broken}: Not a directory "
+                                          f"({broken / 'parts'})."}
     stored = FeatureStore.open(SHARDS.store_dir(deployment.lake, 0)).ids.tolist()
     assert stored and all(int(kb_index) % 2 == 0 for kb_index in stored)
 

@@ -402,7 +402,11 @@ class StoreWriter:
 
     # -- lifecycle
     def __enter__(self) -> "StoreWriter":
-        (self.root / "parts").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / "parts").mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file in the way, a read-only or unmounted disk
+            raise MELUserError(f"Cannot write the feature store at {self.root}: {error.strerror} "
+                               f"({error.filename}).") from None
         self._lock = exclusive_lock(self.root / ".lock", self.logger,
                                     f"Another run is writing {self.root}; waiting for it to finish.")
         self._lock.__enter__()
