@@ -43,7 +43,7 @@ defs = dg.Definitions(
     jobs=[ingest.refresh_job, ingest.kb_refresh_job, features.embed_kb_shards_job, features.kb_features_job,
           linking.link_job],
     schedules=[features.weekly_kb_features],
-    sensors=[ingest.dataset_change_sensor, linking.inbox_sensor, linking.relink_sensor],
+    sensors=[ingest.dataset_change_sensor, features.kb_shards_sensor, linking.inbox_sensor, linking.relink_sensor],
     executor=ONE_STEP_AT_A_TIME,
     resources={
         "lake": LakeResource(),

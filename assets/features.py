@@ -13,6 +13,7 @@ import json
 import os
 
 import dagster as dg
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from pydantic import Field
 
 from assets.metadata import markdown_table
@@ -233,6 +234,29 @@ kb_features_job = dg.define_asset_job(
     "encoded (launch with `ops: {entity_features: {config: {force: true}}}` to re-encode everything). "
     "relink_sensor then re-links the inbox partitions the new embeddings change.",
 )
+
+@dg.sensor(job=kb_features_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def kb_shards_sensor(context: dg.SensorEvaluationContext):
+    """When a backfill of the KB shards is done (every shard materialized, one since entity_features last was,
+    no shard run queued or running), start refresh_kb_features: entity_features links the shards, then the
+    index, training (when what it reads changed) and evaluation follow."""
+    instance = context.instance
+    waiting = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, *IN_PROGRESS_RUN_STATUSES]
+    busy = instance.get_runs(dg.RunsFilter(job_name=embed_kb_shards_job.name, statuses=waiting))
+    if busy:
+        return dg.SkipReason(f"{len(busy)} KB shard run(s) still queued or running.")
+    newest = 0.0
+    for key in KB_SHARDS.keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=entity_feature_shards.key, asset_partitions=[key]), limit=1).records
+        if not records:
+            return dg.SkipReason(f"KB shard {key} of {KB_SHARDS.count} has not been materialized yet.")
+        newest = max(newest, records[0].timestamp)
+    assembled = instance.get_latest_materialization_event(entity_features.key)
+    if assembled is not None and assembled.timestamp >= newest:
+        return dg.SkipReason("entity_features is newer than every KB shard.")
+    return dg.RunRequest(run_key=f"kb-shards:{newest}")
+
 
 REEMBED_CRON_ENV = "MEL_KB_REEMBED_CRON"
 

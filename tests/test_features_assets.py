@@ -100,3 +100,31 @@ def test_the_weekly_kb_schedule_is_stopped_by_default_and_loads_with_the_assets(
     assert features.weekly_kb_features.default_status == dg.DefaultScheduleStatus.STOPPED
     job = defs.resolve_job_def("refresh_kb_features")
     assert dg.AssetKey("entity_features") in job.asset_layer.selected_asset_keys
+
+
+def test_the_shard_sensor_assembles_once_every_shard_is_newer_than_entity_features(dataset, tmp_path):
+    """A backfill of embed_kb_shards ends with refresh_kb_features, started by kb_shards_sensor (4 shards of a
+    3-entity KB: shard 3 is empty, and still a partition to wait for)."""
+    from assets.definitions import defs
+
+    def evaluate(instance):
+        return features.kb_shards_sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+
+    dataset.write()
+    resources = {"lake": LakeResource(root=str(tmp_path / "lake")),
+                 "dataset": DatasetResource(dataset_dir=str(dataset.root)), "clip": ClipResource(num_workers=0)}
+    with dg.instance_for_test() as instance:
+        dg.materialize([ingest.mimic_dataset], instance=instance, resources=resources)
+        for shard in ("0", "1", "2"):
+            dg.materialize([features.entity_feature_shards], partition_key=shard, instance=instance,
+                           resources=resources)
+        assert evaluate(instance).skip_message == "KB shard 3 of 4 has not been materialized yet."
+
+        dg.materialize([features.entity_feature_shards], partition_key="3", instance=instance, resources=resources)
+        request = evaluate(instance)
+        assert isinstance(request, dg.RunRequest) and request.run_key.startswith("kb-shards:")
+
+        assembled = dg.materialize([features.entity_features], instance=instance, resources=resources)
+        assert metadata_of(assembled, "entity_features")["items_encoded"] == 0
+        assert metadata_of(assembled, "entity_features")["parts_linked"] == 3
+        assert evaluate(instance).skip_message == "entity_features is newer than every KB shard."
