@@ -7,7 +7,9 @@ First it observes `dataset_files`, so that a changed dataset file makes the inge
 stale; then it logs, per selected asset, why it is skipped or run, and runs the stale
 and missing ones in-process (no process per step: a warm re-run that finds nothing stale
 costs the Python start and one observation). What a run changes can make its downstream
-stale, so it plans again after each run until nothing selected is stale.
+stale, so it plans again after each run until nothing selected is stale. A partitioned asset (the KB shards,
+the inbox files' links) is planned partition by partition, and each stale or missing partition runs alone,
+as a backfill would run it.
 
 `--all` runs every selected asset regardless; each stage still reuses its stored output
 when its own fingerprint (inputs and settings) is unchanged. Use it after changing a
