@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -220,7 +221,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here (bench/report.py's format)")
     args = parser.parse_args()
     work, shards = Path(args.work), KBShards(args.shards)
-    subprocess.run(["rm", "-rf", str(work)], check=True)
+    shutil.rmtree(work, ignore_errors=True)
     dataset = work / "dataset"
     subprocess.run([sys.executable, "-m", "pipeline.demo", str(dataset), "--seed", str(args.seed), "--entities",
                     str(args.entities), "--mentions", str(args.mentions)], check=True, cwd=ROOT, capture_output=True)
