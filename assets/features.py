@@ -13,7 +13,7 @@ import json
 import os
 
 import dagster as dg
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from pydantic import Field
 
 from assets.metadata import markdown_table
@@ -221,8 +221,9 @@ embed_kb_shards_job = dg.define_asset_job(
     selection=[entity_feature_shards],
     partitions_def=kb_shards,
     description="Embed the KB shard by shard: backfill it (UI: Launch backfill; CLI: dagster job backfill -j "
-    "embed_kb_shards --partitions 0,1,2,3) and each shard runs alone, where the run launcher puts it (a local process, or a "
-    "Ray job with RayRunLauncher); a failed shard is re-run alone. Then materialize entity_features+.",
+    "embed_kb_shards --partitions 0,1,2,3) and each shard runs alone, where the run launcher puts it (a local "
+    "process, or a Ray job with RayRunLauncher); a failed shard is re-run alone. kb_shards_sensor then runs "
+    "entity_features and what follows.",
 )
 
 kb_features_job = dg.define_asset_job(
@@ -241,8 +242,7 @@ def kb_shards_sensor(context: dg.SensorEvaluationContext):
     no shard run queued or running), start refresh_kb_features: entity_features links the shards, then the
     index, training (when what it reads changed) and evaluation follow."""
     instance = context.instance
-    waiting = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, *IN_PROGRESS_RUN_STATUSES]
-    busy = instance.get_runs(dg.RunsFilter(job_name=embed_kb_shards_job.name, statuses=waiting))
+    busy = instance.get_runs(dg.RunsFilter(job_name=embed_kb_shards_job.name, statuses=NOT_FINISHED_STATUSES))
     if busy:
         return dg.SkipReason(f"{len(busy)} KB shard run(s) still queued or running.")
     newest = 0.0

@@ -29,6 +29,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContext
 
 from assets.definitions import defs
+from assets.resources import failure_sentence
 
 OBSERVED = dg.AssetKey("dataset_files")
 
@@ -152,11 +153,8 @@ def selected_keys(selection: str) -> set[dg.AssetKey]:
 
 def failures(result) -> str:
     """Each failed step and the sentence it failed with (a stage's own message, not its stack)."""
-    reasons = []
-    for event in result.get_step_failure_events():
-        failure = event.step_failure_data
-        message = failure.user_failure_data.description if failure.user_failure_data else None
-        reasons.append(f"{event.step_key}: {message or failure.error.message.strip().splitlines()[-1]}")
+    reasons = [f"{event.step_key}: {failure_sentence(event.step_failure_data)}"
+               for event in result.get_step_failure_events()]
     return "; ".join(reasons) or "see the log above"
 
 

@@ -52,3 +52,10 @@ def user_errors():
         yield
     except MELUserError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
+
+
+def failure_sentence(failure) -> str:
+    """What a failed step (its `StepFailureData`) says: the sentence `user_errors` gave it, else its error's
+    last line."""
+    message = failure.user_failure_data.description if failure.user_failure_data else None
+    return message or failure.error.message.strip().splitlines()[-1]

@@ -43,6 +43,8 @@ from dagster._core.events import DagsterEventType  # noqa: E402
 from dagster._core.instance.ref import InstanceRef  # noqa: E402
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter  # noqa: E402
 
+from assets.resources import failure_sentence  # noqa: E402
+from bench.pipeline_runs import generate  # noqa: E402
 from bench.report import markdown_table, write_json  # noqa: E402
 from pipeline.features import FeatureStore, store_dir  # noqa: E402
 from pipeline.features.shards import KBShards, store_content_digest  # noqa: E402
@@ -101,14 +103,12 @@ class Deployment:
                 time.sleep(0.5)
 
     def failures(self) -> dict[str, str]:
-        """Each failed run's partition and the sentence its step failed with (else its error's message)."""
+        """Each failed run's partition and the sentence its step failed with."""
         with self.instance() as instance:
             failed = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
-            events = [(run, event.dagster_event.step_failure_data) for run in failed
-                      for event in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)]
-        return {run.tags.get("dagster/partition", ""): (failure.user_failure_data.description
-                                                        if failure.user_failure_data else failure.error.message)
-                for run, failure in events}
+            return {run.tags.get("dagster/partition", ""): failure_sentence(event.dagster_event.step_failure_data)
+                    for run in failed
+                    for event in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)}
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
@@ -223,8 +223,7 @@ def main() -> None:
     work, shards = Path(args.work), KBShards(args.shards)
     shutil.rmtree(work, ignore_errors=True)
     dataset = work / "dataset"
-    subprocess.run([sys.executable, "-m", "pipeline.demo", str(dataset), "--seed", str(args.seed), "--entities",
-                    str(args.entities), "--mentions", str(args.mentions)], check=True, cwd=ROOT, capture_output=True)
+    generate(dataset, args.seed, args.entities, args.mentions)
 
     reference = one_process(work / "one-process", dataset, shards)
     reference_ray = one_process(work / "one-process-ray-threads", dataset, shards, threads=args.ray_cpus)
