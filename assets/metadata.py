@@ -1,10 +1,10 @@
-"""Turn Parquet tables and stage statistics into metadata that reads well in the UI."""
+"""Turn stored tables and stage statistics into metadata that reads well in the UI."""
 
-
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+
+from pipeline.lake import StoredTable
 
 
 def _cell(value, width: int = 60) -> str:
@@ -22,8 +22,8 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def preview(table: pa.Table, rows: int = 10, columns: list[str] | None = None) -> dg.MetadataValue:
-    return dg.MetadataValue.md(markdown_table(table.slice(0, rows).to_pylist(), columns))
+def preview(rows: list[dict], columns: list[str] | None = None) -> dg.MetadataValue:
+    return dg.MetadataValue.md(markdown_table(rows, columns))
 
 
 def column_schema(schema: pa.Schema) -> dg.TableSchema:
@@ -33,11 +33,11 @@ def column_schema(schema: pa.Schema) -> dg.TableSchema:
         for f in schema])
 
 
-def table_metadata(table: pa.Table, path: Path, preview_columns: list[str] | None = None) -> dict:
+def table_metadata(table: StoredTable, preview_columns: list[str] | None = None) -> dict:
     """Row count, schema, location and a preview: what every table asset shows."""
     return {
         "dagster/row_count": table.num_rows,
         "dagster/column_schema": column_schema(table.schema),
-        "path": dg.MetadataValue.path(str(path)),
-        "preview": preview(table, columns=preview_columns),
+        "path": dg.MetadataValue.path(str(table.path)),
+        "preview": preview(table.head, preview_columns),
     }

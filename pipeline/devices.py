@@ -1,20 +1,20 @@
-"""The torch device a resource's `device` setting names: auto (CUDA when available), cpu, cuda, cuda:N."""
+"""The torch device a `device` setting names: auto (CUDA when available), cpu, cuda, cuda:N."""
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.errors import MELUserError
+from pipeline.settings import SettingError
 
 
-def resolve_device(setting: str, owner: str) -> torch.device:
-    """`owner` names the setting in messages, e.g. "ClipResource.device"."""
-    if setting == "auto":
+def resolve_device(value: str, settings: type) -> torch.device:
+    """The device of the `device` field of `settings` (a settings dataclass, named in the error)."""
+    if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(setting)
+        device = torch.device(value)
     except RuntimeError:
-        raise MELUserError(f"{owner} {setting!r} is not a torch device (use auto, cpu or cuda).") from None
+        raise SettingError(settings, f"device {value!r} is not a torch device (use auto, cpu or cuda).") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MELUserError(f"{owner} is 'cuda' but no CUDA GPU is available; use 'auto'.")
+        raise SettingError(settings, "device is 'cuda' but no CUDA GPU is available; use 'auto'.")
     return device

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.lake import atomic_path
+from pipeline.atomic import atomic_path
 
 
 def new_hasher():

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.lake import atomic_path
+from pipeline.atomic import atomic_path
 
 
 def resolve_inside(base: Path, relative: str) -> Path | None:

@@ -6,14 +6,16 @@ Layout under the root (``MEL_HOME``, default ``./.mel``)::
     state/                     bookkeeping such as the file-hash cache
     duckdb/<name>.duckdb       DuckDB caches and indexes
     features/<store>/          CLIP feature stores (pipeline.features.store)
-    index/entity/              the FAISS entity index and its id mapping (pipeline.index)
+    index/entity/, index/trained/  the zero-shot and the trained FAISS indexes (pipeline.index)
     models/                    local model exports (the LLM's HF folder)
     mmoe/                      MMoE training runs and evaluation outputs (pipeline.training)
     datasets/demo/             the generated demo dataset (when no dataset is configured)
     dagster/                   DAGSTER_HOME for the UI, schedules and sensors
 
+`pipeline.catalog` names every artifact in it (tables, stores, index folders, caches); stages use its names.
+
 Every file is written under a temporary name in its final directory and renamed
-into place once complete, so a crash never leaves a half-written file that a later
+into place once complete (`pipeline.atomic`), so a crash never leaves a half-written file that a later
 run would take for done. Each table carries a ``fingerprint`` of the inputs it was
 computed from in its Parquet schema metadata; a stage reuses its stored output when
 the fingerprint of its current inputs matches.
@@ -23,57 +25,30 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
-import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import MELUserError
-from pipeline.locks import exclusive_lock, process_alive
+from pipeline.hashing import table_content_hash
+from pipeline.locks import exclusive_lock
 
-TEMP_MARKER = ".tmp-"
 FINGERPRINT_KEY = b"mel.fingerprint"
 WRITTEN_AT_KEY = b"mel.written_at"
 EXTRA_KEY = b"mel.extra"
+PREVIEW_ROWS = 10
 
 
 def default_root() -> Path:
     return Path(os.environ.get("MEL_HOME", ".mel")).resolve()
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
-
-    On any exception (or a crash) ``target`` keeps its previous content and the
-    temporary file is removed (or, after a crash, left under a name no reader uses).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
-    temp = target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        yield temp
-        if temp.is_file():
-            with open(temp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(temp, target)
-    finally:
-        if temp.is_file():
-            temp.unlink()
-
-
-def _remove_stale_temps(target: Path) -> None:
-    """Delete temporaries of ``target`` left by processes that no longer run."""
-    for leftover in target.parent.glob(f".{target.name}{TEMP_MARKER}*"):
-        pid = leftover.name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            leftover.unlink(missing_ok=True)
 
 
 class SharedDuckDB:
@@ -126,16 +101,39 @@ def _connect(path: Path, label: str) -> duckdb.DuckDBPyConnection:
         raise MELUserError(f"The {label} {path} cannot be opened ({error}); delete it to start afresh.") from None
 
 
-def write_text_atomic(target: Path, text: str) -> None:
-    with atomic_path(target) as temp:
-        temp.write_text(text, encoding="utf-8")
+@dataclass
+class StoredTable:
+    """What a stage wrote (or reused): where the table is, its shape and its first rows.
+
+    Stages return these in their reports, so callers show a table without reading it back.
+    """
+
+    name: str
+    path: Path
+    num_rows: int
+    schema: pa.Schema
+    head: list[dict]  # the first PREVIEW_ROWS rows
+    fingerprint: str | None  # of the inputs it was computed from
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """A digest of the rows and schema as stored (not of the write time): a data version that changes only
+        when the content does. Read on first use (the whole table)."""
+        return table_content_hash(pq.read_table(self.path))
 
 
 class Lake:
-    """Paths and atomic table I/O under one root directory."""
+    """Paths and atomic table I/O under one root directory.
 
-    def __init__(self, root: Path | str | None = None):
+    `description_source` says which mention texts the mention feature store holds (see
+    `pipeline.features.items.DESCRIPTION_SOURCES`): "auto" is the main store; another source (an ablation such as
+    "none") has a store of its own beside it, and every stage after the features reads that one
+    (`catalog.mention_store_dir`).
+    """
+
+    def __init__(self, root: Path | str | None = None, description_source: str = "auto"):
         self.root = Path(root).resolve() if root is not None else default_root()
+        self.description_source = description_source
 
     def __repr__(self) -> str:
         return f"Lake({str(self.root)!r})"
@@ -203,6 +201,19 @@ class Lake:
         metadata = pq.read_schema(self.table_path(name)).metadata or {}
         value = metadata.get(EXTRA_KEY)
         return json.loads(value) if value else {}
+
+    def stored_table(self, name: str) -> StoredTable:
+        """A stored table's description, reading its schema and first rows only."""
+        path = self.table_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"Table '{name}' has not been materialized yet (no file at {path}).")
+        file = pq.ParquetFile(path)
+        metadata = file.schema_arrow.metadata or {}
+        head = next(file.iter_batches(batch_size=PREVIEW_ROWS), None)
+        return StoredTable(
+            name=name, path=path, num_rows=file.metadata.num_rows, schema=file.schema_arrow.remove_metadata(),
+            head=head.to_pylist() if head is not None else [],
+            fingerprint=(metadata.get(FINGERPRINT_KEY) or b"").decode() or None)
 
     def tables_up_to_date(self, names: list[str], fingerprint: str) -> bool:
         return all(self.table_fingerprint(name) == fingerprint for name in names)

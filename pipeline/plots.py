@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.lake import atomic_path
+from pipeline.atomic import atomic_path
 
 
 def new_figure(width: float = 7, height: float = 3.2):

@@ -7,7 +7,8 @@ import textwrap
 import pyarrow as pa
 import pytest
 
-from pipeline.lake import Lake, atomic_path
+from pipeline.atomic import atomic_path
+from pipeline.lake import Lake
 
 
 def numbers(n: int) -> pa.Table:
@@ -43,7 +44,7 @@ def test_a_process_killed_midway_leaves_the_previous_table(lake):
         f"""
         import os, signal
         import pyarrow as pa, pyarrow.parquet as pq
-        from pipeline.lake import atomic_path
+        from pipeline.atomic import atomic_path
         table = pa.table({{"x": list(range(100_000))}})
         with atomic_path({str(target)!r}) as temp:
             with pq.ParquetWriter(temp, table.schema) as writer:
