@@ -1,6 +1,6 @@
 """Feature assets: CLIP features of every KB entity and every mention, in content-addressed Parquet stores.
 
-The logic lives in ``pipeline.features``; these assets pick the items, call ``extract_features`` and turn its
+The logic lives in ``pipeline.features``; each asset calls its stage (``pipeline.features.stage``) and turns the
 report into metadata. A re-materialization encodes only items whose text, image or encoder changed.
 ``entity_feature_shards`` (one partition per KB shard, ``pipeline.features.shards``) is how embedding a whole KB
 fans out over processes or machines; ``entity_features`` links what the shards hold and encodes the rest.
@@ -14,12 +14,12 @@ import os
 
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
-from pydantic import Field
 
 from assets.metadata import markdown_table
-from assets.resources import LakeResource, user_errors
+from assets.resources import LakeResource, settings_resource, user_errors
+from pipeline import catalog
 from pipeline.errors import MELUserError
-from pipeline.features import DEFAULT_ARCH, FeatureStore, entity_items, mention_items, mention_store_name, store_dir
+from pipeline.features import EncoderSpec, FeatureStore
 from pipeline.features.shards import SHARD_COUNT_ENV, KBShards
 from pipeline.features.validate import check_feature_store
 
@@ -31,49 +31,25 @@ KB_SHARDS = KBShards.from_env()
 kb_shards = dg.StaticPartitionsDefinition(KB_SHARDS.keys)
 
 
-class ClipResource(dg.ConfigurableResource):
+class ClipResource(settings_resource(EncoderSpec)):
     """The open_clip encoder and how to run it.
 
     The default is an UNTRAINED random-init ``mel-tiny-clip`` (offline, fast on a CPU, for tests and the
     demo). For real use set e.g. ``arch="ViT-B-32", pretrained="openai"`` or ``checkpoint=<file>``.
     """
 
-    arch: str = Field(default=DEFAULT_ARCH, description="open_clip architecture, e.g. ViT-B-32.")
-    pretrained: str = Field(default="", description="open_clip pretrained tag, e.g. openai (downloads once).")
-    checkpoint: str = Field(default="", description="Local weights file; identified by its content hash.")
-    seed: int = Field(default=0, description="Seed of the random initialisation when no weights are set.")
-    device: str = Field(default="auto", description="auto (cuda when available), cpu or cuda[:n].")
-    precision: str = Field(default="auto", description="Autocast: auto (fp16 on cuda, fp32 on cpu), fp32, fp16, "
-                           "bf16. Features are stored as float16 either way.")
-    batch_size: int = Field(default=64, description="Items per forward pass.")
-    num_workers: int = Field(default=2, description="DataLoader processes decoding images; 0 = in the main process.")
-    text_tokens: int = Field(default=50, description="L: text token states kept per item.")
-    description_source: str = Field(default="auto", description="Mention descriptions: auto (LLM table when "
-                                    "materialized, else the dataset's), llm, dataset or none (ablation store).")
-
-    def spec(self):
-        from pipeline.features import EncoderSpec  # open_clip loads on first use, not with the code location
-
-        return EncoderSpec(arch=self.arch, pretrained=self.pretrained, checkpoint=self.checkpoint, seed=self.seed,
-                           text_tokens=self.text_tokens, device=self.device, precision=self.precision)
-
 
 class ExtractConfig(dg.Config):
     force: bool = False  # re-encode every item even when the store holds its features
 
 
-def _extract(context, clip: ClipResource, path, items, config: ExtractConfig, reuse_from=(),
-             extra_metadata=None) -> dg.MaterializeResult:
-    from pipeline.features import extract_features  # open_clip loads on first use, not with the code location
-
-    report = extract_features(items, path, clip.spec(), batch_size=clip.batch_size, num_workers=clip.num_workers,
-                              force=config.force, reuse_from=reuse_from, logger=context.log)
-    store = FeatureStore.open(path)
-    return dg.MaterializeResult(metadata={**_metadata(report, store, clip), **(extra_metadata or {})},
+def _materialized(report, clip: ClipResource, extra_metadata=None) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={**_metadata(report, clip), **(extra_metadata or {})},
                                 data_version=dg.DataVersion(report.fingerprint))
 
 
-def _metadata(report, store: FeatureStore, clip: ClipResource) -> dict:
+def _metadata(report, clip: ClipResource) -> dict:
+    store = report.store
     disk = store.disk_bytes()
     issues = store.issues
     by_code = [{"code": code, "items": count} for code, count in report.issues_by_code.items()]
@@ -100,7 +76,7 @@ def _metadata(report, store: FeatureStore, clip: ClipResource) -> dict:
         "store_rewritten": report.committed,
         "parts_linked": report.parts_linked,
     }
-    if clip.spec().untrained:
+    if clip.settings().untrained:
         metadata["WARNING"] = (
             f"UNTRAINED random-init encoder ({clip.arch}, seed={clip.seed}): these features carry no learned "
             "meaning. Set ClipResource.pretrained (e.g. 'openai' with arch 'ViT-B-32') or checkpoint for real use."
@@ -116,12 +92,13 @@ def _metadata(report, store: FeatureStore, clip: ClipResource) -> dict:
 )
 def entity_feature_shards(context: dg.AssetExecutionContext, config: ExtractConfig, lake: LakeResource,
                           clip: ClipResource) -> dg.MaterializeResult:
-    store = lake.lake()
+    from pipeline.features import embed_kb_shard  # open_clip loads on first use, not with the code location
+
     with user_errors():
         shard = KB_SHARDS.shard(context.partition_key)
-        items = KB_SHARDS.select(entity_items(store), shard)
-        return _extract(context, clip, KB_SHARDS.store_dir(store, shard), items, config,
-                        extra_metadata={"shard": shard, "shards": KB_SHARDS.count})
+        report = embed_kb_shard(lake.lake(), clip.settings(), KB_SHARDS, shard, force=config.force,
+                                logger=context.log)
+        return _materialized(report, clip, {"shard": shard, "shards": KB_SHARDS.count})
 
 
 @dg.asset(
@@ -133,32 +110,34 @@ def entity_feature_shards(context: dg.AssetExecutionContext, config: ExtractConf
 )
 def entity_features(context: dg.AssetExecutionContext, config: ExtractConfig, lake: LakeResource,
                     clip: ClipResource) -> dg.MaterializeResult:
-    store = lake.lake()
+    from pipeline.features import embed_entities  # open_clip loads on first use
+
     with user_errors():
-        return _extract(context, clip, store_dir(store, "entity_features"), entity_items(store), config,
-                        reuse_from=KB_SHARDS.store_dirs(store))
+        report = embed_entities(lake.lake(), clip.settings(), KB_SHARDS, force=config.force, logger=context.log)
+        return _materialized(report, clip)
 
 
 @dg.asset(
     group_name=GROUP, deps=["mentions", "mention_descriptions"], pool="gpu", kinds={"parquet", "pytorch"},
     description="CLIP features of every mention ('mention [SEP] sentence [SEP] description' + its image); the "
-    "description source is ClipResource.description_source (a non-default source gets its own store).",
+    "description source is LakeResource.description_source (a non-default source gets its own store).",
 )
 def mention_features(context: dg.AssetExecutionContext, config: ExtractConfig, lake: LakeResource,
                      clip: ClipResource) -> dg.MaterializeResult:
-    store = lake.lake()
+    from pipeline.features import embed_mentions  # open_clip loads on first use
+
     with user_errors():
-        items = mention_items(store, clip.description_source)  # validates the source first
-        return _extract(context, clip, store_dir(store, mention_store_name(clip.description_source)), items, config)
+        report = embed_mentions(lake.lake(), clip.settings(), force=config.force, logger=context.log)
+        return _materialized(report, clip)
 
 
-def _store_covers(lake: LakeResource, name: str, table: str, id_column: str) -> dg.AssetCheckResult:
-    store_lake = lake.lake()
+def _store_covers(lake: LakeResource, store_dir, table: str, id_column: str) -> dg.AssetCheckResult:
     try:
-        store = FeatureStore.open(store_dir(store_lake, name))
+        store = FeatureStore.open(store_dir)
     except MELUserError as error:
         return dg.AssetCheckResult(passed=False, description=str(error))
-    expected = {str(value) for value in store_lake.read_table(table, columns=[id_column]).column(id_column).to_pylist()}
+    ids = lake.lake().read_table(table, columns=[id_column]).column(id_column).to_pylist()
+    expected = {str(value) for value in ids}
     stored = set(store.ids.tolist())
     missing, extra = sorted(expected - stored), sorted(stored - expected)
     return dg.AssetCheckResult(
@@ -171,18 +150,17 @@ def _store_covers(lake: LakeResource, name: str, table: str, id_column: str) -> 
 
 @dg.asset_check(asset=entity_features, description="The store holds exactly one row per entity of the entities table.")
 def entity_features_cover_entities(lake: LakeResource) -> dg.AssetCheckResult:
-    return _store_covers(lake, "entity_features", "entities", "kb_index")
+    return _store_covers(lake, catalog.entity_store_dir(lake.lake()), catalog.ENTITIES, "kb_index")
 
 
 @dg.asset_check(asset=mention_features, description="The store holds exactly one row per mention of the mentions table.")
-def mention_features_cover_mentions(lake: LakeResource, clip: ClipResource) -> dg.AssetCheckResult:
-    return _store_covers(lake, mention_store_name(clip.description_source), "mentions", "mention_id")
+def mention_features_cover_mentions(lake: LakeResource) -> dg.AssetCheckResult:
+    return _store_covers(lake, catalog.mention_store_dir(lake.lake()), catalog.MENTIONS, "mention_id")
 
 
-
-def _finite_and_shaped(lake: LakeResource, name: str) -> dg.AssetCheckResult:
+def _finite_and_shaped(store_dir) -> dg.AssetCheckResult:
     try:
-        store = FeatureStore.open(store_dir(lake.lake(), name))
+        store = FeatureStore.open(store_dir)
     except MELUserError as error:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(error))
     check = check_feature_store(store)
@@ -209,12 +187,13 @@ FINITE_AND_SHAPED = ("Every row's pooled vectors and token states (image ones wh
 # Blocking: NaN features would flow silently into the index (which would drop those entities) and training.
 @dg.asset_check(asset=entity_features, blocking=True, description=FINITE_AND_SHAPED)
 def entity_features_finite_and_shaped(lake: LakeResource) -> dg.AssetCheckResult:
-    return _finite_and_shaped(lake, "entity_features")
+    return _finite_and_shaped(catalog.entity_store_dir(lake.lake()))
 
 
 @dg.asset_check(asset=mention_features, blocking=True, description=FINITE_AND_SHAPED)
-def mention_features_finite_and_shaped(lake: LakeResource, clip: ClipResource) -> dg.AssetCheckResult:
-    return _finite_and_shaped(lake, mention_store_name(clip.description_source))
+def mention_features_finite_and_shaped(lake: LakeResource) -> dg.AssetCheckResult:
+    return _finite_and_shaped(catalog.mention_store_dir(lake.lake()))
+
 
 embed_kb_shards_job = dg.define_asset_job(
     "embed_kb_shards",

@@ -93,9 +93,19 @@ def synthetic_items(folder: Path, count: int, seed: int = 0):
 
 
 def spec_from(args):
-    from pipeline.features.encoder import EncoderSpec
+    from pipeline.features import EncoderSpec
 
-    return EncoderSpec(arch=args.arch, seed=0, device=args.device, precision=args.precision)
+    return EncoderSpec(arch=args.arch, seed=0, device=args.device, precision=args.precision,
+                       batch_size=args.batch_size, num_workers=args.num_workers)
+
+
+def loaded_encoder(args):
+    """The encoder of ``args`` and the seconds its loading took."""
+    from pipeline.features import load_encoder
+
+    started = time.perf_counter()
+    encoder = load_encoder(spec_from(args))
+    return encoder, time.perf_counter() - started
 
 
 def prepared_batches(items, encoder, batch_size):
@@ -130,14 +140,12 @@ def timed(action) -> tuple[float, float]:
 def run_throughput(args) -> dict:
     import torch
 
-    from pipeline.features import extract_features, load_encoder
+    from pipeline.features import extract_features
 
     work = Path(tempfile.mkdtemp(prefix="bench-features-"))
     try:
         items = synthetic_items(work, args.items)
-        started = time.perf_counter()
-        encoder = load_encoder(spec_from(args))
-        load_seconds = time.perf_counter() - started
+        encoder, load_seconds = loaded_encoder(args)
         batches = prepared_batches(items, encoder, args.batch_size)
         images = [b["images"] for b in batches if len(b["images"])]
         image_count = sum(len(b) for b in images)
@@ -148,8 +156,7 @@ def run_throughput(args) -> dict:
                 encoder.encode(**_encode_args(batch))
 
         def pipeline(round_):
-            report = extract_features(items, work / f"store{round_}", encoder.spec, batch_size=args.batch_size,
-                                      num_workers=args.num_workers)
+            report = extract_features(items, work / f"store{round_}", encoder.spec)
             assert report.encoded == args.items
 
         rounds = []
@@ -194,21 +201,18 @@ def run_incremental(args) -> dict:
     import torch
     from PIL import Image
 
-    from pipeline.features import extract_features, load_encoder
+    from pipeline.features import extract_features
     from pipeline.hashing import hash_file
 
     work = Path(tempfile.mkdtemp(prefix="bench-features-"))
     try:
         items = synthetic_items(work, args.items)
-        started = time.perf_counter()
-        encoder = load_encoder(spec_from(args))
-        load_seconds = time.perf_counter() - started
+        encoder, load_seconds = loaded_encoder(args)
         store = work / "store"
 
         def timed():
             started = time.perf_counter()
-            report = extract_features(items, store, spec_from(args), batch_size=args.batch_size,
-                                      num_workers=args.num_workers)
+            report = extract_features(items, store, spec_from(args))
             return time.perf_counter() - started, report
 
         full_seconds, full = timed()
@@ -238,8 +242,10 @@ def run_incremental(args) -> dict:
 
 
 def run_rss(args) -> dict:
+    import torch
+
+    from model.features import MMoEFeatures
     from pipeline.features import FeatureStore, StoreWriter, load_encoder
-    from pipeline.features.store import EncodedBatch
 
     dims = load_encoder(spec_from(args)).dims
     work = Path(tempfile.mkdtemp(prefix="bench-features-", dir=args.workdir))
@@ -248,20 +254,20 @@ def run_rss(args) -> dict:
         rng = np.random.default_rng(0)
         pool = 2048  # distinct random rows, tiled: generating 100k random rows would dominate the run
         fields = {
-            "text_pooled": (dims["D"],), "text_tokens": (dims["L"], dims["Wt"]),
-            "image_pooled": (dims["D"],), "image_tokens": (dims["P1"], dims["Wv"]),
+            "text_embeds": (dims["D"],), "text_tokens": (dims["L"], dims["Wt"]),
+            "image_embeds": (dims["D"],), "image_tokens": (dims["P1"], dims["Wv"]),
         }
-        random_rows = {name: rng.standard_normal((pool, *shape), dtype=np.float32).astype(np.float16)
+        random_rows = {name: torch.from_numpy(rng.standard_normal((pool, *shape), dtype=np.float32)).half()
                        for name, shape in fields.items()}
-        mask = np.ones((pool, dims["L"]), np.uint8)
+        mask = torch.ones((pool, dims["L"]), dtype=torch.bool)
         ids = [f"Q{i}" for i in range(args.items)]
         started = time.perf_counter()
         with StoreWriter(store_root, {"arch": args.arch, "weights": "synthetic"}, {"kind": "entity"}) as writer:
             writer.set_dims(dims)
             for start in range(0, args.items, 1024):
                 rows = np.arange(start, min(start + 1024, args.items)) % pool
-                batch = EncodedBatch(**{name: values[rows] for name, values in random_rows.items()},
-                                     text_mask=mask[rows], has_image=np.ones(len(rows), bool))
+                batch = MMoEFeatures(**{name: values[rows] for name, values in random_rows.items()},
+                                     text_mask=mask[rows], has_image=torch.ones(len(rows), dtype=torch.bool))
                 chunk = ids[start:start + len(rows)]
                 writer.add(chunk, chunk, batch, [False] * len(rows), [[] for _ in rows])
             writer.commit(ids, ids)

@@ -1,6 +1,8 @@
 """Input features of the matcher (raw CLIP outputs) and their checks.
 
 A batch holds N items (mentions or entities); candidate batches may have leading shape [M, K] instead of [N].
+The one container of such a batch everywhere: what the CLIP encoder returns and the feature store writes and
+reads back (float16 CPU tensors there), and what the matcher takes.
 """
 
 from __future__ import annotations

@@ -10,9 +10,13 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from assets.features import ClipResource, entity_features_finite_and_shaped, mention_features_finite_and_shaped
+from assets.features import (
+    ClipResource,
+    entity_features_finite_and_shaped,
+    mention_features_finite_and_shaped,
+)
 from assets.resources import LakeResource
-from pipeline.features import store_dir
+from pipeline import catalog
 from tests.test_index_assets import World
 
 CHECKS = [entity_features_finite_and_shaped, mention_features_finite_and_shaped]
@@ -40,7 +44,7 @@ def test_clean_stores_pass_with_what_was_checked(world, instance):
     entities = checks["entity_features_finite_and_shaped"]
     assert entities.passed and entities.severity == dg.AssetCheckSeverity.ERROR
     assert entities.metadata["rows_checked"].value == 10
-    assert entities.metadata["store_path"].value == str(store_dir(world.lake, "entity_features"))
+    assert entities.metadata["store_path"].value == str(catalog.entity_store_dir(world.lake))
     assert "every value finite" in entities.description
     assert checks["mention_features_finite_and_shaped"].passed
 
@@ -76,7 +80,7 @@ def test_image_values_count_only_where_the_item_has_an_image(world, instance):
 def test_a_store_whose_dims_disagree_with_its_files_fails_on_shapes(world, instance):
     world.write_entities()
     world.write_mentions()
-    manifest_path = store_dir(world.lake, "mention_features") / "manifest.json"
+    manifest_path = catalog.mention_store_dir(world.lake) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["dims"]["D"] = 8  # the files hold D = 16
     manifest_path.write_text(json.dumps(manifest))

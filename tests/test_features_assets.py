@@ -5,33 +5,26 @@ import dagster as dg
 from assets import features, ingest
 from assets.features import ClipResource
 from assets.resources import DatasetResource, LakeResource
-from pipeline.features import FeatureStore, store_dir
+from pipeline import catalog
+from pipeline.features import FeatureStore
 from pipeline.lake import Lake
+from tests.conftest import data_version, metadata_of
 
 ASSETS = [ingest.mimic_dataset, features.entity_features, features.mention_features]
 CHECKS = [features.entity_features_cover_entities, features.mention_features_cover_mentions]
 
 
-def materialize(dataset_dir, lake_root, instance, clip=None):
+def materialize(dataset_dir, lake_root, instance, clip=None, description_source="auto"):
     return dg.materialize(
         [*ASSETS, *CHECKS],
         instance=instance,
         resources={
-            "lake": LakeResource(root=str(lake_root)),
+            "lake": LakeResource(root=str(lake_root), description_source=description_source),
             "dataset": DatasetResource(dataset_dir=str(dataset_dir)),
             "clip": clip or ClipResource(num_workers=0),
         },
         raise_on_error=False,
     )
-
-
-def materialization(result, key):
-    [event] = result.asset_materializations_for_node(key)
-    return event
-
-
-def metadata_of(result, key):
-    return {name: value.value for name, value in materialization(result, key).metadata.items()}
 
 
 def test_features_are_materialized_with_counts_identity_and_an_untrained_warning(dataset, tmp_path):
@@ -46,8 +39,8 @@ def test_features_are_materialized_with_counts_identity_and_an_untrained_warning
     assert entities["encoder"]["weights"] == "random-init seed=0"
     assert "UNTRAINED random-init encoder" in entities["WARNING"]
     assert entities["size_on_disk_bytes"] > entities["parquet_bytes"] > 0
-    store = FeatureStore.open(store_dir(Lake(tmp_path / "lake"), "entity_features"))
-    assert materialization(result, "entity_features").tags["dagster/data_version"] == store.fingerprint
+    store = FeatureStore.open(catalog.entity_store_dir(Lake(tmp_path / "lake")))
+    assert data_version(result, "entity_features") == store.fingerprint
     mentions = metadata_of(result, "mention_features")
     assert mentions["dagster/row_count"] == 3 and mentions["recipe"]["resolved_description_source"] == "dataset"
     assert all(check.passed for check in result.get_asset_check_evaluations())
@@ -63,21 +56,19 @@ def test_a_second_materialization_encodes_nothing_and_keeps_the_data_version(dat
     assert metadata_of(second, "entity_features")["items_reused"] == 3
     assert metadata_of(second, "mention_features")["store_rewritten"] is False
     for key in ("entity_features", "mention_features"):
-        assert (materialization(first, key).tags["dagster/data_version"]
-                == materialization(second, key).tags["dagster/data_version"])
+        assert data_version(first, key) == data_version(second, key)
 
 
 def test_the_ablation_source_gets_its_own_mention_store(dataset, tmp_path):
     dataset.write()
     with dg.instance_for_test() as instance:
         materialize(dataset.root, tmp_path / "lake", instance)
-        ablation = materialize(dataset.root, tmp_path / "lake", instance,
-                               clip=ClipResource(num_workers=0, description_source="none"))
+        ablation = materialize(dataset.root, tmp_path / "lake", instance, description_source="none")
 
     lake = Lake(tmp_path / "lake")
     assert ablation.success
-    assert FeatureStore.open(store_dir(lake, "mention_features")).recipe["description_source"] == "auto"
-    assert FeatureStore.open(store_dir(lake, "mention_features_desc-none")).recipe["description_source"] == "none"
+    assert FeatureStore.open(lake.root / "features/mention_features").recipe["description_source"] == "auto"
+    assert FeatureStore.open(lake.root / "features/mention_features_desc-none").recipe["description_source"] == "none"
 
 
 def test_a_bad_encoder_setting_fails_with_one_sentence(dataset, tmp_path):

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from pipeline.errors import MELUserError
-from pipeline.features.encoder import ClipEncoder, EncoderSpec, load_encoder, tokenize
+from pipeline.features import EncoderSpec
+from pipeline.features.encoder import ClipEncoder, load_encoder, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,9 @@ def test_outputs_have_the_shapes_the_matcher_expects(encoder):
     out = encode(encoder, ["Jordan [SEP] American basketball player"], [random_image(0)])
 
     assert encoder.dims == {"D": 256, "L": 50, "Wt": 256, "P1": 50, "Wv": 256}  # 49 patches + class token
-    assert out.text_pooled.shape == (1, 256) and out.image_pooled.shape == (1, 256)
+    assert out.text_embeds.shape == (1, 256) and out.image_embeds.shape == (1, 256)
     assert out.text_tokens.shape == (1, 50, 256) and out.image_tokens.shape == (1, 50, 256)
-    assert out.text_tokens.dtype == np.float16 and out.has_image.tolist() == [True]
+    assert out.text_tokens.dtype == torch.float16 and out.has_image.tolist() == [True]
 
 
 def test_image_tokens_are_pre_norm_hidden_states_with_the_class_token_first(encoder):
@@ -45,10 +46,10 @@ def test_image_tokens_are_pre_norm_hidden_states_with_the_class_token_first(enco
     visual = encoder.model.visual
 
     with torch.no_grad():
-        class_token = torch.from_numpy(out.image_tokens[:, 0].astype(np.float32))
+        class_token = out.image_tokens[:, 0].float()
         pooled_from_class_token = visual.ln_post(class_token) @ visual.proj
 
-    np.testing.assert_allclose(pooled_from_class_token.numpy(), out.image_pooled.astype(np.float32), atol=1e-2)
+    np.testing.assert_allclose(pooled_from_class_token.numpy(), out.image_embeds.float().numpy(), atol=1e-2)
 
 
 def test_text_tokens_are_post_ln_final_states_masked_after_the_eot(encoder):
@@ -57,10 +58,10 @@ def test_text_tokens_are_post_ln_final_states_masked_after_the_eot(encoder):
     length = tokenize(encoder.tokenizer, text, encoder.context_length).length
 
     with torch.no_grad():
-        eot_state = torch.from_numpy(out.text_tokens[0, length - 1].astype(np.float32))
+        eot_state = out.text_tokens[0, length - 1].float()
         pooled_from_eot = eot_state @ encoder.model.text_projection
 
-    np.testing.assert_allclose(pooled_from_eot.numpy(), out.text_pooled[0].astype(np.float32), atol=1e-2)
+    np.testing.assert_allclose(pooled_from_eot.numpy(), out.text_embeds[0].float().numpy(), atol=1e-2)
     assert out.text_mask[0].tolist() == [1] * length + [0] * (50 - length)
     assert not out.text_tokens[0, length:].any()
 
@@ -69,9 +70,9 @@ def test_an_item_encodes_the_same_whatever_shares_its_batch(encoder):
     alone = encode(encoder, ["Universe [SEP] totality of space and time"])
     crowded = encode(encoder, ["Universe [SEP] totality of space and time", "word " * 70], [None, random_image(2)])
 
-    for name in ("text_pooled", "text_tokens", "image_pooled", "image_tokens"):
-        np.testing.assert_allclose(getattr(alone, name)[0].astype(np.float32),
-                                   getattr(crowded, name)[0].astype(np.float32), atol=2e-2, err_msg=name)
+    for name in ("text_embeds", "text_tokens", "image_embeds", "image_tokens"):
+        np.testing.assert_allclose(getattr(alone, name)[0].float().numpy(),
+                                   getattr(crowded, name)[0].float().numpy(), atol=2e-2, err_msg=name)
 
 
 def test_items_without_an_image_get_the_zero_image_features_and_a_flag(encoder):
@@ -79,9 +80,9 @@ def test_items_without_an_image_get_the_zero_image_features_and_a_flag(encoder):
     zero_image = encode(encoder, ["no picture"], [torch.zeros(3, 224, 224)])
 
     assert without.has_image.tolist() == [False]
-    np.testing.assert_allclose(without.image_pooled.astype(np.float32), zero_image.image_pooled.astype(np.float32),
+    np.testing.assert_allclose(without.image_embeds.float().numpy(), zero_image.image_embeds.float().numpy(),
                                atol=1e-2)
-    assert np.abs(without.image_pooled).max() > 0  # CLIP's answer to a zero image, as the paper feeds it
+    assert without.image_embeds.abs().max() > 0  # CLIP's answer to a zero image, as the paper feeds it
 
 
 def test_uint8_pixels_normalised_by_the_encoder_equal_open_clip_preprocessing(encoder):
@@ -140,7 +141,7 @@ def test_identity_names_everything_that_decides_the_values():
         (EncoderSpec(arch="ViT-Nope"), "is not an open_clip architecture"),
         (EncoderSpec(pretrained="openai", checkpoint="x.pt"), "set only one of them"),
         (EncoderSpec(checkpoint="/no/such/weights.pt"), "is not a file"),
-        (EncoderSpec(pretrained=__file__), "is a file; set it as ClipResource.checkpoint"),
+        (EncoderSpec(pretrained=__file__), "is a file; set it as checkpoint"),
         (EncoderSpec(precision="int4"), "is not one of"),
         (EncoderSpec(precision="fp16", device="cpu"), "needs a CUDA GPU"),
         (EncoderSpec(text_tokens=78), "must be between 1 and the context length"),

@@ -1,5 +1,6 @@
 """Extraction is incremental and crash-safe, checked by counting the items actually encoded."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.features import FeatureStore, Items, extract_features
-from pipeline.features.encoder import EncoderSpec
+from pipeline.features import EncoderSpec
 from pipeline.hashing import hash_file
 from tests.conftest import write_image
 
@@ -31,8 +32,8 @@ def make_items(tmp_path, count: int, with_images: int = 0) -> Items:
     )
 
 
-def extract(items, store, spec=SPEC, **options):
-    options = {"batch_size": 16, "num_workers": 0, **options}
+def extract(items, store, spec=SPEC, batch_size=16, num_workers=0, **options):
+    spec = dataclasses.replace(spec, batch_size=batch_size, num_workers=num_workers)
     return extract_features(items, store, spec, **options)
 
 
@@ -158,7 +159,7 @@ def test_a_killed_run_resumes_from_its_finished_parts(tmp_path):
         import json, os, signal
         from pathlib import Path
         from pipeline.features import Items, extract_features
-        from pipeline.features.encoder import EncoderSpec
+        from pipeline.features import EncoderSpec
 
         items = Items(**json.loads(Path({str(tmp_path / "items.json")!r}).read_text()))
         parts = Path({str(store)!r}) / "parts"
@@ -167,7 +168,7 @@ def test_a_killed_run_resumes_from_its_finished_parts(tmp_path):
             if any(parts.glob("*.parquet")):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        extract_features(items, parts.parent, EncoderSpec(), batch_size=4, part_rows=8, num_workers=0,
+        extract_features(items, parts.parent, EncoderSpec(batch_size=4, num_workers=0), part_rows=8,
                          on_batch=die_once_a_part_is_on_disk)
     """)
     killed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
@@ -191,5 +192,5 @@ def test_encoded_features_are_finite_and_follow_the_items(tmp_path):
     assert store.has_image.tolist() == [True, True, False, False]
     assert np.isfinite(batch.text_tokens.float().numpy()).all()
     assert store.dims == {"D": 256, "L": 50, "Wt": 256, "P1": 50, "Wv": 256}
-    assert not torch.equal(batch.image_pooled[0], batch.image_pooled[1])  # two different images
-    assert torch.equal(batch.image_pooled[2], batch.image_pooled[3])  # both the zero image
+    assert not torch.equal(batch.image_embeds[0], batch.image_embeds[1])  # two different images
+    assert torch.equal(batch.image_embeds[2], batch.image_embeds[3])  # both the zero image

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.features import FeatureStore, Items, extract_features
-from pipeline.features.encoder import EncoderSpec
+from pipeline.features import EncoderSpec
 from pipeline.features.images import ImageRejected, decode_image, load_item_image
 from pipeline.hashing import hash_bytes
 
@@ -135,7 +135,7 @@ def test_extraction_encodes_or_records_every_bad_input(tmp_path, samples):
         recipe={"kind": "entity"},
     )
 
-    report = extract_features(items, tmp_path / "store", EncoderSpec(), batch_size=8, num_workers=2)
+    report = extract_features(items, tmp_path / "store", EncoderSpec(batch_size=8, num_workers=2))
 
     store = FeatureStore.open(tmp_path / "store")
     issues = {(row["id"], row["code"]) for row in store.issues.to_pylist()}
@@ -150,4 +150,4 @@ def test_extraction_encodes_or_records_every_bad_input(tmp_path, samples):
     assert report.issues_by_code["corrupt_image"] == 2
     batch = store.take(store.row_of(items.ids))
     assert np.isfinite(batch.image_tokens.float().numpy()).all()
-    assert batch.text_pooled.abs().amax(dim=1).min() > 0 and batch.image_pooled.abs().amax(dim=1).min() > 0
+    assert batch.text_embeds.abs().amax(dim=1).min() > 0 and batch.image_embeds.abs().amax(dim=1).min() > 0

@@ -5,14 +5,14 @@ import pytest
 
 from pipeline.errors import MELUserError
 from pipeline.features import entity_items, mention_items
-from pipeline.mimic import ingest_dataset
+from pipeline.ingest import IngestSettings, ingest_dataset
 
 
 @pytest.fixture
 def ingested(dataset, lake):
     dataset.kb[2]["desc"] = ""  # Universe: no description
     dataset.splits["train"][0]["desc"] = "American basketball player"
-    ingest_dataset(dataset.write(), lake)
+    ingest_dataset(lake, IngestSettings(dataset.write()))
     return lake
 
 
@@ -47,7 +47,7 @@ def test_mention_items_use_the_record_description_when_no_llm_table_exists(inges
 
 def test_a_mention_kept_without_a_mention_string_is_encoded_from_its_sentence(dataset, lake):
     dataset.splits["test"][0]["mentions"] = " "
-    ingest_dataset(dataset.write(), lake)
+    ingest_dataset(lake, IngestSettings(dataset.write()))
 
     items = mention_items(lake, "auto")
 

@@ -5,14 +5,14 @@ import os
 
 import pytest
 
-from pipeline.demo import generate_demo_dataset
 from pipeline.errors import MELUserError
 from pipeline.features import EncoderSpec, FeatureStore, entity_items, extract_features
 from pipeline.features.shards import KBShards, store_content_digest
+from pipeline.ingest import IngestSettings, ingest_dataset
 from pipeline.lake import Lake
-from pipeline.mimic import ingest_dataset
+from synthetic.demo import generate_demo_dataset
 
-SPEC = EncoderSpec(device="cpu")  # mel-tiny-clip, random init, seed 0
+SPEC = EncoderSpec(device="cpu", batch_size=8, num_workers=0)  # mel-tiny-clip, random init, seed 0
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +20,12 @@ def lake(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     dataset = generate_demo_dataset(root / "dataset", seed=3, num_entities=24, num_mentions=30).out_dir
     lake = Lake(root / "lake")
-    ingest_dataset(dataset, lake)
+    ingest_dataset(lake, IngestSettings(dataset))
     return lake
 
 
 def encode(items, path, **options):
-    return extract_features(items, path, SPEC, batch_size=8, num_workers=0, **options)
+    return extract_features(items, path, SPEC, **options)
 
 
 def test_an_entity_stays_in_its_shard_and_the_shards_split_the_kb_evenly():
@@ -83,8 +83,8 @@ def test_what_no_shard_holds_is_encoded_by_the_assembly(lake, tmp_path):
 
 def test_a_shard_written_by_another_encoder_is_not_linked(lake, tmp_path):
     items, shards = entity_items(lake), KBShards(2)
-    other = EncoderSpec(device="cpu", seed=1)
-    extract_features(shards.select(items, 0), tmp_path / "shard0", other, batch_size=8, num_workers=0)
+    other = EncoderSpec(device="cpu", seed=1, batch_size=8, num_workers=0)
+    extract_features(shards.select(items, 0), tmp_path / "shard0", other)
 
     report = encode(items, tmp_path / "assembled", reuse_from=(tmp_path / "shard0",))
 

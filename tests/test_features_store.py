@@ -10,39 +10,40 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from model.features import MMoEFeatures
 from pipeline.errors import MELUserError
-from pipeline.features.encoder import EncodedBatch
-from pipeline.features.store import FeatureStore, StoreWriter, store_fingerprint
+from pipeline.features.schema import store_fingerprint
+from pipeline.features.store import FeatureStore
+from pipeline.features.writer import StoreWriter
 
 DIMS = {"D": 8, "L": 5, "Wt": 6, "P1": 4, "Wv": 3}
 IDENTITY = {"arch": "synthetic", "weights": "random-init seed=0"}
 RECIPE = {"kind": "entity"}
 
 
-def synthetic_rows(n: int, seed: int = 0) -> EncodedBatch:
+def synthetic_rows(n: int, seed: int = 0) -> MMoEFeatures:
     rng = np.random.default_rng(seed)
 
     def floats(*shape):
-        return rng.standard_normal((n, *shape)).astype(np.float16)
+        return torch.from_numpy(rng.standard_normal((n, *shape)).astype(np.float16))
 
     lengths = rng.integers(1, DIMS["L"] + 1, n)
-    return EncodedBatch(
-        text_pooled=floats(DIMS["D"]),
+    return MMoEFeatures(
+        text_embeds=floats(DIMS["D"]),
         text_tokens=floats(DIMS["L"], DIMS["Wt"]),
-        text_mask=(np.arange(DIMS["L"])[None] < lengths[:, None]).astype(np.uint8),
-        image_pooled=floats(DIMS["D"]),
+        text_mask=torch.from_numpy(np.arange(DIMS["L"])[None] < lengths[:, None]),
+        image_embeds=floats(DIMS["D"]),
         image_tokens=floats(DIMS["P1"], DIMS["Wv"]),
-        has_image=rng.random(n) < 0.7,
+        has_image=torch.from_numpy(rng.random(n) < 0.7),
     )
 
 
-def write(root, ids, keys, rows: EncodedBatch | None, part_rows=4, issues=None, retry=None, commit=True):
+def write(root, ids, keys, rows: MMoEFeatures | None, part_rows=4, issues=None, retry=None, commit=True):
     with StoreWriter(root, IDENTITY, RECIPE, part_rows=part_rows) as writer:
         writer.set_dims(DIMS)
         if rows is not None:
             todo = [i for i, key in enumerate(keys) if key not in writer.reusable_keys]
-            subset = EncodedBatch(*(getattr(rows, f)[todo] for f in EncodedBatch.__dataclass_fields__))
-            writer.add([ids[i] for i in todo], [keys[i] for i in todo], subset,
+            writer.add([ids[i] for i in todo], [keys[i] for i in todo], rows.select(todo),
                        retry or [False] * len(todo), issues or [[] for _ in todo])
         return writer.commit(ids, keys) if commit else None
 
@@ -66,12 +67,12 @@ def test_take_returns_exactly_the_written_rows_in_any_order_with_repeats(store_r
 
     picked = [7, 2, 2, 9, 0]
     assert len(store) == 10 and store.ids.tolist() == ids
-    assert torch.equal(batch.text_tokens, torch.from_numpy(rows.text_tokens[picked]))
-    assert torch.equal(batch.image_tokens, torch.from_numpy(rows.image_tokens[picked]))
-    assert torch.equal(batch.text_pooled, torch.from_numpy(rows.text_pooled[picked]))
-    assert torch.equal(batch.image_pooled, torch.from_numpy(rows.image_pooled[picked]))
-    assert torch.equal(batch.text_mask, torch.from_numpy(rows.text_mask[picked].astype(bool)))
-    assert torch.equal(batch.has_image, torch.from_numpy(rows.has_image[picked]))
+    assert torch.equal(batch.text_tokens, rows.text_tokens[picked])
+    assert torch.equal(batch.image_tokens, rows.image_tokens[picked])
+    assert torch.equal(batch.text_embeds, rows.text_embeds[picked])
+    assert torch.equal(batch.image_embeds, rows.image_embeds[picked])
+    assert torch.equal(batch.text_mask, rows.text_mask[picked])
+    assert torch.equal(batch.has_image, rows.has_image[picked])
     assert batch.text_tokens.dtype == torch.float16 and batch.text_mask.dtype == torch.bool
 
 
@@ -97,7 +98,7 @@ def test_pooled_is_a_read_only_memory_map_of_all_rows(store_root):
 
     assert isinstance(text, np.memmap) and not text.flags.writeable
     assert text.dtype == np.float16 and text.shape == (9, DIMS["D"])
-    assert np.array_equal(text, rows.text_pooled) and np.array_equal(image, rows.image_pooled)
+    assert np.array_equal(text, rows.text_embeds.numpy()) and np.array_equal(image, rows.image_embeds.numpy())
     assert store.dims == DIMS and store.encoder == IDENTITY and store.has_image.tolist() == rows.has_image.tolist()
 
 
@@ -133,7 +134,7 @@ def test_a_deleted_mirror_is_rebuilt_from_its_parquet_part(store_root):
     store = FeatureStore.open(store_root)
 
     assert mirrors[0].is_file()
-    assert torch.equal(store.take(range(8)).image_tokens, torch.from_numpy(rows.image_tokens))
+    assert torch.equal(store.take(range(8)).image_tokens, rows.image_tokens)
 
 
 def test_parts_are_self_describing_parquet_with_fixed_size_float16_lists(store_root):
@@ -195,7 +196,7 @@ def test_mostly_dead_parts_are_compacted_and_keep_their_values(store_root):
     assert len(store.manifest["parts"]) == 2
     live = [int(n) for n in pq.read_table(store_root / store.manifest["files"]["rows"]).column("part").to_pylist()]
     assert sorted(live.count(p) for p in set(live)) == [1, 4]
-    assert torch.equal(store.take(range(5)).text_tokens, torch.from_numpy(rows.text_tokens[survivors]))
+    assert torch.equal(store.take(range(5)).text_tokens, rows.text_tokens[survivors])
 
 
 def test_parts_of_an_uncommitted_run_are_reused_by_the_next_one(store_root):
@@ -210,7 +211,7 @@ def test_parts_of_an_uncommitted_run_are_reused_by_the_next_one(store_root):
     with StoreWriter(store_root, IDENTITY, RECIPE, part_rows=4) as writer:
         assert set(keys) <= writer.reusable_keys
         writer.commit(ids, keys)
-    assert torch.equal(FeatureStore.open(store_root).take([5]).image_pooled, torch.from_numpy(rows.image_pooled[[5]]))
+    assert torch.equal(FeatureStore.open(store_root).take([5]).image_embeds, rows.image_embeds[[5]])
 
 
 def test_retry_rows_are_served_but_never_reused(store_root):

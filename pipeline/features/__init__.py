@@ -1,10 +1,18 @@
 """CLIP feature extraction and the Parquet feature store (``entity_features``, ``mention_features``).
 
+- ``settings``: ``EncoderSpec``, which encoder to run and how (``ClipResource`` is generated from it);
 - ``encoder``: the open_clip extractor (pooled vectors + token states of text and image) and its identity;
 - ``images``: the bad-image policy (decode, convert, downscale, or a recorded reason);
 - ``items``: entity and mention items (text, image) from the lake's tables;
-- ``store``: the content-addressed Parquet part store, its writer and its memory-mapped reader;
-- ``extract``: items -> store, encoding only what the store does not hold.
+- ``schema``: the store's format: files, part schema and shapes, manifest, stored columns <-> ``MMoEFeatures``;
+- ``mirror``: the Arrow IPC mirror of each part, read row by row with ``preadv``;
+- ``store``: the reader (``FeatureStore``): ids, pooled matrices, row subsets as ``MMoEFeatures``;
+- ``writer``: the content-addressed writer (``StoreWriter``): parts, commit, compaction, garbage collection;
+- ``reuse``: links the committed parts of other stores (``reuse_from``) into a writer's store;
+- ``extract``: items -> store, encoding only what the store does not hold;
+- ``stage``: the feature stages (``embed_kb_shard``, ``embed_entities``, ``embed_mentions``): lake -> store;
+- ``validate``: whether a committed store is fit to read (shapes as its dims declare, finite values);
+- ``shards``: the KB shards, their stores, and a store's digest by value.
 
 Readers (``FeatureStore``) import without open_clip, whose import takes seconds: the encoder and
 the extraction are imported on first use.
@@ -12,18 +20,26 @@ the extraction are imported on first use.
 
 import importlib
 
-from pipeline.features.items import DESCRIPTION_SOURCES, Items, entity_items, mention_items, mention_items_of
-from pipeline.features.store import FeatureBatch, FeatureStore, StoreWriter
+from pipeline.features.items import (
+    DESCRIPTION_SOURCES,
+    Items,
+    entity_items,
+    mention_items,
+    mention_items_of,
+)
+from pipeline.features.settings import DEFAULT_ARCH, EncoderSpec
+from pipeline.features.store import FeatureStore
+from pipeline.features.writer import StoreWriter
 
-DEFAULT_ARCH = "mel-tiny-clip"  # registered from model_configs/: the offline, untrained default
 _LAZY = {
-    "ClipEncoder": "encoder", "EncoderSpec": "encoder", "load_encoder": "encoder",
+    "ClipEncoder": "encoder", "load_encoder": "encoder",
     "ExtractReport": "extract", "extract_features": "extract",
+    "embed_entities": "stage", "embed_kb_shard": "stage", "embed_mentions": "stage",
 }
 
 __all__ = [
-    "DEFAULT_ARCH", "DESCRIPTION_SOURCES", "FeatureBatch", "FeatureStore", "Items", "StoreWriter",
-    "entity_items", "mention_items", "mention_items_of", "mention_store_name", "store_dir", *_LAZY,
+    "DEFAULT_ARCH", "DESCRIPTION_SOURCES", "EncoderSpec", "FeatureStore", "Items", "StoreWriter",
+    "entity_items", "mention_items", "mention_items_of", *_LAZY,
 ]
 
 
@@ -32,13 +48,3 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f"pipeline.features.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'pipeline.features' has no attribute {name!r}")
 
-
-def store_dir(lake, name: str):
-    """Where the store of asset ``name`` lives in the lake: ``features/<name>``."""
-    return lake.root / "features" / name
-
-
-def mention_store_name(description_source: str) -> str:
-    """``mention_features`` for the default source, ``mention_features_desc-<source>`` for the others, so the
-    ablation store (e.g. "none") lives beside the main one instead of replacing it."""
-    return "mention_features" if description_source == "auto" else f"mention_features_desc-{description_source}"

@@ -5,14 +5,17 @@ a local ``checkpoint`` file, or random initialisation from a fixed ``seed`` (the
 small ``mel-tiny-clip`` architecture registered from ``model_configs/``; such an encoder is UNTRAINED and
 is announced as such).
 
-What is produced per item, the inputs of the MMoE matcher as the reference takes them from HF ``CLIPModel``:
+What is produced per item, the inputs of the MMoE matcher as the reference takes them from HF ``CLIPModel``,
+as a ``model.MMoEFeatures`` batch on the CPU in the stored float type (stored columns in brackets):
 
-- ``text_pooled  [D]``      projected text embedding at the EOT token. Raw: NOT L2-normalised (the
-                             reference normalises; consumers that need cosine similarity normalise).
+- ``text_embeds  [D]``      (``text_pooled``) projected text embedding at the EOT token. Raw: NOT
+                             L2-normalised (the reference normalises; consumers that need cosine similarity
+                             normalise).
 - ``text_tokens  [L, Wt]``  text tower last hidden states AFTER ``ln_final`` (HF ``text_model`` output 0),
                              first L positions; positions past the text's EOT hold zeros.
-- ``text_mask    [L]``      1 for SOT..EOT positions inside the first L, 0 for padding.
-- ``image_pooled [D]``      projected image embedding (``ln_post`` then ``proj``), raw like text_pooled.
+- ``text_mask    [L]``      True for SOT..EOT positions inside the first L, False for padding.
+- ``image_embeds [D]``      (``image_pooled``) projected image embedding (``ln_post`` then ``proj``), raw
+                             like text_embeds.
 - ``image_tokens [P+1, Wv]`` vision tower last hidden states, class token first, BEFORE ``ln_post``
                              (HF ``vision_model`` output 0 is the encoder output, without the post-norm).
 
@@ -29,10 +32,8 @@ Items without an image get CLIP's features of the zero image tensor (as the pape
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,113 +43,17 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import text_global_pool
 from torchvision.transforms import Compose, Normalize, ToTensor
 
-from pipeline.devices import resolve_device
+from model.features import MMoEFeatures
 from pipeline.errors import MELUserError
-from pipeline.features import DEFAULT_ARCH
-from pipeline.features.store import EncodedBatch
-from pipeline.hashing import hash_file
+from pipeline.features.schema import batch_dims
+from pipeline.features.settings import EncoderSpec
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-STORED_DTYPE = np.float16  # the store's float type (see store.part_schema)
-EXTRACTION_VERSION = "1"  # bump when what is stored for the same model and input changes
 
 open_clip.add_model_config(Path(__file__).with_name("model_configs"))
 
+BATCH_ROWS = 8  # encoder batches are padded to a multiple of this (see ClipEncoder._encode_images)
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which encoder to run and how; ``identity()`` is the part that decides the features' values."""
-
-    arch: str = DEFAULT_ARCH
-    pretrained: str = ""  # an open_clip pretrained tag, e.g. "openai"
-    checkpoint: str = ""  # a local weights file
-    seed: int = 0  # random initialisation when neither pretrained nor checkpoint is set
-    text_tokens: int = 50  # L: token states kept per text
-    device: str = "auto"  # "auto" = cuda when available
-    precision: str = "auto"  # autocast dtype: "auto" = fp16 on cuda, fp32 on cpu
-
-    @property
-    def bundles_weights(self) -> bool:
-        """``hf-hub:org/repo`` and ``local-dir:path`` names bring their own weights (open_clip ignores pretrained)."""
-        return ":" in self.arch
-
-    @property
-    def untrained(self) -> bool:
-        return not (self.pretrained or self.checkpoint or self.bundles_weights)
-
-    def validate(self) -> None:
-        if open_clip.get_model_config(self.arch) is None and not self.bundles_weights:
-            raise MELUserError(
-                f"ClipResource.arch {self.arch!r} is not an open_clip architecture "
-                f"(see open_clip.list_models(), e.g. 'ViT-B-32', or the offline default {DEFAULT_ARCH!r})."
-            )
-        if self.pretrained and self.checkpoint:
-            raise MELUserError("ClipResource sets both pretrained and checkpoint; set only one of them.")
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            raise MELUserError(f"ClipResource.checkpoint {self.checkpoint} is not a file.")
-        if self.pretrained and Path(self.pretrained).is_file():
-            raise MELUserError(
-                f"ClipResource.pretrained {self.pretrained} is a file; set it as ClipResource.checkpoint instead, "
-                "so its content identifies the features."
-            )
-        if self.precision not in PRECISIONS:
-            raise MELUserError(f"ClipResource.precision {self.precision!r} is not one of {', '.join(PRECISIONS)}.")
-        context_length = (open_clip.get_model_config(self.arch) or {}).get("text_cfg", {}).get("context_length", 77)
-        if not 1 <= self.text_tokens <= context_length:
-            raise MELUserError(
-                f"ClipResource.text_tokens ({self.text_tokens}) must be between 1 and the context length of "
-                f"{self.arch} ({context_length})."
-            )
-
-    def weights(self) -> str:
-        if self.bundles_weights:
-            return f"bundled with {self.arch}"
-        if self.pretrained:
-            return f"pretrained:{self.pretrained}"
-        if self.checkpoint:
-            return f"checkpoint:{checkpoint_digest(Path(self.checkpoint))}"
-        return f"random-init seed={self.seed}"
-
-    def identity(self) -> dict:
-        """Everything that decides the stored values; part of every content key."""
-        self.validate()
-        config = open_clip.get_model_config(self.arch) or {}
-        return {
-            "arch": self.arch,
-            "weights": self.weights(),
-            "image_size": config.get("vision_cfg", {}).get("image_size"),
-            "text_tokens": self.text_tokens,
-            "stored_precision": np.dtype(STORED_DTYPE).name,
-            "open_clip": open_clip.__version__,
-            "extraction": EXTRACTION_VERSION,
-        }
-
-    def identity_json(self) -> str:
-        return json.dumps(self.identity(), sort_keys=True)
-
-    def torch_device(self) -> torch.device:
-        return resolve_device(self.device, "ClipResource.device")
-
-    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        """The autocast dtype, None for plain fp32."""
-        precision = self.precision
-        if precision == "auto":
-            precision = "fp16" if device.type == "cuda" else "fp32"
-        if precision == "fp16" and device.type != "cuda":
-            raise MELUserError("ClipResource.precision 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on the CPU.")
-        return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def checkpoint_digest(path: Path) -> str:
-    stat = path.stat()
-    return _digest_of_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=16)
-def _digest_of_version(path: str, size: int, mtime_ns: int) -> str:
-    return hash_file(Path(path))
 
 
 @dataclass
@@ -235,7 +140,7 @@ class ClipEncoder:
         except (RuntimeError, OSError, ValueError, KeyError) as error:
             raise MELUserError(
                 f"Could not load open_clip {spec.arch!r} with weights {spec.weights()} ({error}); "
-                f"check ClipResource.arch/pretrained/checkpoint."
+                f"check the encoder settings arch, pretrained and checkpoint."
             ) from None
         model = model.to(device).eval()
         try:
@@ -248,46 +153,42 @@ class ClipEncoder:
         if spec.untrained:
             logger.warning(
                 f"UNTRAINED encoder: {spec.arch} with random-init weights (seed={spec.seed}). "
-                "Its features carry no learned meaning; set ClipResource.pretrained or checkpoint for real use."
+                "Its features carry no learned meaning; set the encoder setting pretrained or checkpoint for real "
+                "use."
             )
         logger.info(f"Loaded {spec.arch} ({spec.weights()}) on {device}, autocast {encoder.autocast_dtype}; dims {encoder.dims}.")
         return encoder
 
     def _probe_dims(self) -> dict:
         sample = tokenize(self.tokenizer, "", self.context_length)
-        out = self.encode(sample.tokens[None], torch.tensor([sample.length]), torch.zeros(0, 3, *self.image_size),
-                          torch.tensor([False]))
-        return {
-            "D": out.text_pooled.shape[1],
-            "L": out.text_tokens.shape[1],
-            "Wt": out.text_tokens.shape[2],
-            "P1": out.image_tokens.shape[1],
-            "Wv": out.image_tokens.shape[2],
-        }
+        return batch_dims(self.encode(sample.tokens[None], torch.tensor([sample.length]),
+                                      torch.zeros(0, 3, *self.image_size), torch.tensor([False])))
 
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    @torch.inference_mode()
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor,
-               has_image: torch.Tensor) -> EncodedBatch:
+               has_image: torch.Tensor) -> MMoEFeatures:
         """Encode a batch: ``tokens`` [B, C], ``lengths`` [B], ``images`` [n, 3, H, W] (uint8 from
         ``image_transform``, or normalised floats) for the n rows with ``has_image`` True, in row order;
-        the other rows get the zero-image features."""
-        text_pooled, text_tokens, text_mask = self._encode_text(tokens, lengths)
+        the other rows get the zero-image features. The model runs in inference mode; the returned
+        tensors are plain ones (built outside it), so callers may edit them."""
+        text_embeds, text_tokens, text_mask = self._encode_text(tokens, lengths)
         batch = tokens.shape[0]
-        image_pooled = np.broadcast_to(self._zero_image[0], (batch, *self._zero_image[0].shape[1:])).copy()
-        image_tokens = np.broadcast_to(self._zero_image[1], (batch, *self._zero_image[1].shape[1:])).copy()
+        image_embeds, image_tokens = (np.broadcast_to(zero, (batch, *zero.shape[1:])).copy()
+                                      for zero in self._zero_image)
         has_image = has_image.numpy().astype(bool)
         if has_image.any():
-            pooled, patch_tokens = self._encode_images(self.normalize(images))
-            image_pooled[has_image], image_tokens[has_image] = pooled, patch_tokens
-        return EncodedBatch(text_pooled, text_tokens, text_mask, image_pooled, image_tokens, has_image)
+            image_embeds[has_image], image_tokens[has_image] = self._encode_images(self.normalize(images))
+        return MMoEFeatures(*map(torch.from_numpy, (text_embeds, text_tokens, image_embeds, image_tokens)),
+                            text_mask=torch.from_numpy(text_mask), has_image=torch.from_numpy(has_image))
 
+    @torch.inference_mode()
     def _encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor):
-        L = self.spec.text_tokens
+        L, count = self.spec.text_tokens, tokens.shape[0]
+        tokens, lengths = _pad_rows(tokens), _pad_rows(lengths)  # as images, see _encode_images
         tokens = tokens.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device)
         with self._autocast():
@@ -302,7 +203,7 @@ class ClipEncoder:
             states = torch.nn.functional.pad(states, (0, 0, 0, L - states.shape[1]))
         mask = torch.arange(L, device=self.device)[None, :] < lengths[:, None]
         states = states * mask[..., None].to(states.dtype)
-        return _stored(pooled), _stored(states), mask.to(torch.uint8).cpu().numpy()
+        return _stored(pooled[:count]), _stored(states[:count]), mask[:count].cpu().numpy()
 
     def _clip_text_forward(self, tokens: torch.Tensor):
         """open_clip CLIP.encode_text on the first n positions, returning the token states too."""
@@ -327,8 +228,14 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def _encode_images(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised images -> (pooled, tokens)."""
-        images = images.to(self.device, non_blocking=True)
+        """Normalised images -> (pooled, tokens).
+
+        The batch is padded with zero rows to a multiple of BATCH_ROWS: CPU matmul kernels pick their blocking
+        by the row count, and a pooled vector computed among 5 images can differ in the last float16 bit from
+        the same image's among 8. Padded, an item's features do not depend on how many share its batch (so a
+        KB shard holds what one process would have encoded). Texts are padded the same way."""
+        count = images.shape[0]
+        images = _pad_rows(images).to(self.device, non_blocking=True)
         with self._autocast():
             out = self.model.forward_intermediates(
                 image=images, image_indices=1, normalize=False, normalize_intermediates=False,
@@ -338,11 +245,17 @@ class ClipEncoder:
         prefix = out.get("image_intermediates_prefix")
         if prefix:  # the class token first, as HF's last_hidden_state has it
             tokens = torch.cat([prefix[-1], tokens], dim=1)
-        return _stored(out["image_features"]), _stored(tokens)
+        return _stored(out["image_features"][:count]), _stored(tokens[:count])
+
+
+def _pad_rows(batch: torch.Tensor) -> torch.Tensor:
+    """`batch` with zero rows appended up to a multiple of BATCH_ROWS."""
+    padding = -batch.shape[0] % BATCH_ROWS
+    return torch.cat([batch, batch.new_zeros((padding, *batch.shape[1:]))]) if padding else batch
 
 
 def _stored(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.to(torch.float16).cpu().numpy()
+    return tensor.to(torch.float16).cpu().numpy()  # cast on the device: half the bytes to copy
 
 
 _LOADED: dict[tuple, ClipEncoder] = {}

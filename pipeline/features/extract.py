@@ -20,16 +20,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from model.features import MMoEFeatures, nonfinite_rows
 from pipeline.errors import MELUserError
-from pipeline.features.encoder import ClipEncoder, EncoderSpec, load_encoder, tokenize
+from pipeline.features.encoder import ClipEncoder, load_encoder, tokenize
 from pipeline.features.images import load_item_image
 from pipeline.features.items import Items
-from pipeline.features.store import StoreWriter
+from pipeline.features.settings import EncoderSpec
+from pipeline.features.store import FeatureStore
+from pipeline.features.writer import StoreWriter
 from pipeline.progress import LogStream
 
 PROGRESS_SECONDS = 10.0
@@ -51,6 +53,7 @@ class ExtractReport:
     encoder: dict
     dims: dict
     parts_linked: int = 0  # parts of the `reuse_from` stores linked in before encoding
+    store: FeatureStore | None = None  # the committed store, open for reading (its issues, recipe, disk use)
 
     @property
     def items_per_second(self) -> float:
@@ -129,8 +132,6 @@ def extract_features(
     store_dir,
     spec: EncoderSpec,
     *,
-    batch_size: int = 64,
-    num_workers: int = 2,
     part_rows: int | None = None,
     force: bool = False,
     reuse_from=(),
@@ -143,9 +144,6 @@ def extract_features(
     without copying. ``force`` re-encodes every item. ``on_batch(encoded_so_far, to_encode)`` is called after
     each batch.
     """
-    if batch_size < 1 or num_workers < 0:
-        raise MELUserError(f"ClipResource.batch_size must be >= 1 and num_workers >= 0 "
-                           f"(got {batch_size} and {num_workers}).")
     started = time.perf_counter()
     identity_json = spec.identity_json()
     identity = spec.identity()
@@ -164,8 +162,8 @@ def extract_features(
         if todo:
             logger.info(f"{items.kind} features: {len(todo)} of {len(items)} items to encode, "
                         f"{len(items) - len(todo)} reused from {writer.root}{linked}.")
-            encode_seconds, wait_seconds = _encode(items, keys, todo, encoder, writer, batch_size, num_workers,
-                                                   logger, on_batch)
+            encode_seconds, wait_seconds = _encode(items, keys, todo, encoder, writer, spec.batch_size,
+                                                   spec.num_workers, logger, on_batch)
         else:
             logger.info(f"{items.kind} features: all {len(items)} items already in {writer.root}{linked}; "
                         "nothing to encode.")
@@ -177,6 +175,7 @@ def extract_features(
             issues_by_code=result.issues_by_code, encoder=identity, dims=writer.dims,
             parts_linked=writer.parts_linked,
         )
+    report.store = FeatureStore.open(store_dir)
     if todo:
         logger.info(
             f"Encoded {report.encoded} {items.kind} items in {encode_seconds:.1f} s "
@@ -225,14 +224,13 @@ def _encode(items, keys, todo, encoder, writer, batch_size, num_workers, logger,
     return time.perf_counter() - started, waited
 
 
-def _check_finite(encoded, ids, encoder) -> None:
-    bad = ~np.isfinite(encoded.text_pooled).all(1) | ~np.isfinite(encoded.image_pooled).all(1)
-    bad |= ~np.isfinite(encoded.text_tokens).all((1, 2)) | ~np.isfinite(encoded.image_tokens).all((1, 2))
-    if bad.any():
-        shown = [ids[i] for i in np.flatnonzero(bad)[:10]]
+def _check_finite(encoded: MMoEFeatures, ids, encoder) -> None:
+    bad = sorted({row for _, tensor in encoded.tensors() for row in nonfinite_rows(tensor)})
+    if bad:
+        shown = [ids[i] for i in bad[:10]]
         raise MELUserError(
             f"The encoder produced NaN/Inf features for items {shown} (precision "
-            f"{encoder.autocast_dtype or 'fp32'}, stored as float16); use ClipResource.precision='fp32'."
+            f"{encoder.autocast_dtype or 'fp32'}, stored as float16); set the encoder's precision to 'fp32'."
         )
 
 

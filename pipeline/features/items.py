@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline import catalog
 from pipeline.errors import MELUserError
+from pipeline.settings import SettingError
 from pipeline.hashing import hash_strings
 from pipeline.lake import Lake
 
 SEPARATOR = " [SEP] "
 DESCRIPTION_SOURCES = ("auto", "llm", "dataset", "none")
-DESCRIPTIONS_TABLE = "mention_descriptions"
 
 
 @dataclass
@@ -62,8 +63,8 @@ def join_text(parts) -> str:
 
 
 def entity_items(lake: Lake) -> Items:
-    table = _read(lake, "entities", ["kb_index", "name", "description", "image_paths", "image_digests"])
-    root = _dataset_dir(lake, "entities")
+    table = _read(lake, catalog.ENTITIES, ["kb_index", "name", "description", "image_paths", "image_digests"])
+    root = _dataset_dir(lake, catalog.ENTITIES)
     columns = table.to_pydict()
     firsts = [(paths[0], digests[0]) if paths else (None, None)
               for paths, digests in zip(columns["image_paths"], columns["image_digests"])]
@@ -79,13 +80,12 @@ def entity_items(lake: Lake) -> Items:
 
 def mention_items(lake: Lake, description_source: str = "auto") -> Items:
     if description_source not in DESCRIPTION_SOURCES:
-        raise MELUserError(
-            f"ClipResource.description_source {description_source!r} is not one of {', '.join(DESCRIPTION_SOURCES)}."
-        )
-    table = _read(lake, "mentions", ["mention_id", "mention", "sentence", "description", "image_path", "image_digest"])
+        raise SettingError(Lake, f"description_source {description_source!r} is not one of "
+                                 f"{', '.join(DESCRIPTION_SOURCES)}.")
+    table = _read(lake, catalog.MENTIONS, ["mention_id", "mention", "sentence", "description", "image_path", "image_digest"])
     resolved = description_source
     if resolved == "auto":
-        resolved = "llm" if lake.has_table(DESCRIPTIONS_TABLE) else "dataset"
+        resolved = "llm" if lake.has_table(catalog.MENTION_DESCRIPTIONS) else "dataset"
     if resolved == "llm":
         descriptions = _llm_descriptions(lake)
         chosen = [descriptions.get(mention_id) for mention_id in table.column("mention_id").to_pylist()]
@@ -93,7 +93,7 @@ def mention_items(lake: Lake, description_source: str = "auto") -> Items:
         chosen = table.column("description").to_pylist()
     else:
         chosen = [None] * table.num_rows
-    items = mention_items_of(table, _dataset_dir(lake, "mentions"), chosen)
+    items = mention_items_of(table, _dataset_dir(lake, catalog.MENTIONS), chosen)
     items.recipe.update(description_source=description_source, resolved_description_source=resolved)
     return items
 
@@ -120,12 +120,10 @@ def mention_items_of(table: pa.Table, image_root: Path, descriptions: list[str |
 
 
 def _llm_descriptions(lake: Lake) -> dict[str, str]:
-    if not lake.has_table(DESCRIPTIONS_TABLE):
-        raise MELUserError(
-            "ClipResource.description_source is 'llm' but the mention_descriptions table has not been "
-            "materialized; materialize it or use 'auto'."
-        )
-    table = lake.read_table(DESCRIPTIONS_TABLE, columns=["mention_id", "description"])
+    if not lake.has_table(catalog.MENTION_DESCRIPTIONS):
+        raise SettingError(Lake, "description_source is 'llm' but the mention_descriptions table has not been "
+                                 "materialized; materialize it or use 'auto'.")
+    table = lake.read_table(catalog.MENTION_DESCRIPTIONS, columns=["mention_id", "description"])
     return {mention_id: description for mention_id, description in
             zip(table.column("mention_id").to_pylist(), table.column("description").to_pylist()) if description}
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import catalog
 from pipeline.errors import MELUserError
 from pipeline.features.items import Items
-from pipeline.features.store import FEATURE_COLUMNS, FeatureStore
+from pipeline.features.schema import FEATURE_COLUMNS, column_values
+from pipeline.features.store import FeatureStore
 from pipeline.hashing import hash_bytes, hash_strings
 
 SHARD_COUNT_ENV = "MEL_KB_SHARDS"
 DEFAULT_SHARD_COUNT = 4
-SHARDS_FOLDER = "entity_feature_shards"
 DIGEST_ROWS = 1024  # rows read at a time by store_content_digest
 
 
@@ -75,7 +76,7 @@ class KBShards:
 
     def store_dir(self, lake, shard: int) -> Path:
         """``features/entity_feature_shards/<k>-of-<n>``: a new count writes new stores beside the old ones."""
-        return lake.root / "features" / SHARDS_FOLDER / f"{self.key(shard)}-of-{self.count}"
+        return catalog.kb_shard_store_dir(lake, self.key(shard), self.count)
 
     def store_dirs(self, lake) -> tuple[Path, ...]:
         return tuple(self.store_dir(lake, shard) for shard in range(self.count))
@@ -94,5 +95,6 @@ def store_content_digest(store: FeatureStore) -> str:
         parts.append(hash_strings(store.ids[rows].tolist()))
         parts.append(hash_bytes(batch.has_image.numpy().tobytes()))
         batch.text_tokens = torch.where(batch.text_mask[..., None], batch.text_tokens, 0)
-        parts += [hash_bytes((getattr(batch, name) + 0).contiguous().numpy().tobytes()) for name in FEATURE_COLUMNS]
+        parts += [hash_bytes((column_values(batch, name) + 0).contiguous().numpy().tobytes())
+                  for name in FEATURE_COLUMNS]
     return hash_strings(parts)

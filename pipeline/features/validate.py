@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.features.store import FEATURE_COLUMNS, POOLED_KINDS, SHAPES_KEY, FeatureStore, feature_shapes
+from pipeline.features import schema
+from pipeline.features.store import FeatureStore
 
 BATCH_ROWS = 1024
 EXAMPLES = 10
-FLOAT_FEATURES = ("text_pooled", "text_tokens", "image_pooled", "image_tokens")
-IMAGE_FEATURES = ("image_pooled", "image_tokens")
+IMAGE_COLUMNS = ("image_pooled", "image_tokens")
 
 
 @dataclass
@@ -63,7 +63,8 @@ def check_feature_store(store: FeatureStore) -> StoreCheck:
     if check.shape_problems:
         check.finite_checked = False
         return check
-    check.non_finite_rows = dict.fromkeys([*FLOAT_FEATURES, *(f"{kind}_pooled.npy" for kind in POOLED_KINDS)], 0)
+    pooled_files = [f"{kind}_pooled.npy" for kind in schema.POOLED_KINDS]
+    check.non_finite_rows = dict.fromkeys([*schema.FLOAT_COLUMNS, *pooled_files], 0)
     for start in range(0, len(store), BATCH_ROWS):
         rows = np.arange(start, min(start + BATCH_ROWS, len(store)))
         _count_non_finite(store, rows, check)
@@ -72,31 +73,31 @@ def check_feature_store(store: FeatureStore) -> StoreCheck:
 
 def shape_problems(store: FeatureStore) -> list[str]:
     """Every place where a stored shape differs from what the manifest's dims declare."""
-    declared = feature_shapes(store.dims)
+    declared = schema.feature_shapes(store.dims)
     problems = []
     if "shapes" in store.manifest and store.manifest["shapes"] != declared:
         problems.append(f"manifest.json lists shapes {store.manifest['shapes']}, its dims give {declared}")
-    for kind in POOLED_KINDS:
+    for kind in schema.POOLED_KINDS:
         shape = tuple(store.pooled(kind).shape)
         if shape != (len(store), store.dims["D"]):
             problems.append(f"{store.manifest['files'][f'{kind}_pooled']} is {list(shape)}, "
                             f"expected [{len(store)}, {store.dims['D']}]")
     for part in store.manifest["parts"]:
-        parquet = store.root / "parts" / f"{part}.parquet"
-        mirror = store.root / "parts" / f"{part}.arrow"
+        parquet, mirror = schema.part_paths(store.root, part)
         problems += _schema_problems(f"parts/{parquet.name}", pq.read_schema(parquet), declared)
         with pa.memory_map(str(mirror), "r") as source:
             problems += _schema_problems(f"parts/{mirror.name}", pa.ipc.open_file(source).schema, declared)
     return problems
 
 
-def _schema_problems(name: str, schema: pa.Schema, declared: dict) -> list[str]:
+def _schema_problems(name: str, table_schema: pa.Schema, declared: dict) -> list[str]:
     problems = []
-    recorded = json.loads((schema.metadata or {}).get(SHAPES_KEY, b"null"))
+    recorded = json.loads((table_schema.metadata or {}).get(schema.SHAPES_KEY, b"null"))
     if recorded != declared:
         problems.append(f"{name} records shapes {recorded}, the manifest's dims give {declared}")
-    for column in FEATURE_COLUMNS:
-        size = getattr(schema.field(column).type, "list_size", None) if column in schema.names else None
+    for column in schema.FEATURE_COLUMNS:
+        field_type = table_schema.field(column).type if column in table_schema.names else None
+        size = getattr(field_type, "list_size", None)
         if size != int(np.prod(declared[column])):
             problems.append(f"{name} stores {column} as {size} values per row, expected "
                             f"{int(np.prod(declared[column]))} ({declared[column]})")
@@ -106,12 +107,12 @@ def _schema_problems(name: str, schema: pa.Schema, declared: dict) -> list[str]:
 def _count_non_finite(store: FeatureStore, rows: np.ndarray, check: StoreCheck) -> None:
     batch = store.take(rows)
     has_image = batch.has_image.numpy()
-    for column in FLOAT_FEATURES:
-        bad = ~torch.isfinite(getattr(batch, column)).flatten(1).all(dim=1).numpy()
-        if column in IMAGE_FEATURES:
+    for column in schema.FLOAT_COLUMNS:
+        bad = ~torch.isfinite(schema.column_values(batch, column)).flatten(1).all(dim=1).numpy()
+        if column in IMAGE_COLUMNS:
             bad &= has_image
         _record(check, store, column, rows[bad])
-    for kind in POOLED_KINDS:  # the contiguous copies that the index reads
+    for kind in schema.POOLED_KINDS:  # the contiguous copies that the index reads
         pooled = np.asarray(store.pooled(kind)[rows[0]:rows[-1] + 1])
         bad = ~np.isfinite(pooled).all(axis=1)
         if kind == "image":
