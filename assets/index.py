@@ -1,18 +1,16 @@
 """Candidate retrieval assets: the FAISS entity index and the top-K candidates per mention.
 
-The logic lives in `pipeline.index`; this module opens the feature stores, maps resource
-settings onto the pipeline and turns its reports into metadata (numbers as numbers, so the
-UI plots recall, throughput and sync counts across materializations).
+The logic lives in `pipeline.index`; each asset calls its stage and turns the report into metadata (numbers as
+numbers, so the UI plots recall, throughput and sync counts across materializations).
 """
 
 import dagster as dg
-from pydantic import Field
 
-from assets.features import ClipResource
 from assets.metadata import markdown_table, table_metadata
-from assets.resources import LakeResource, user_errors
+from assets.resources import LakeResource, settings_resource, user_errors
+from pipeline import catalog
 from pipeline.errors import MELUserError
-from pipeline.features import FeatureStore, mention_store_name, store_dir
+from pipeline.features import FeatureStore
 from pipeline.index import (
     COMBINATION_RULE,
     CandidatesReport,
@@ -20,45 +18,20 @@ from pipeline.index import (
     IndexReport,
     IndexSettings,
     ItemVectors,
+    build_entity_index,
     find_mention_candidates,
-    index_dir,
-    recall_curves,
-    update_entity_index,
 )
 from pipeline.index.candidates import CANDIDATES_VERSION
 from pipeline.index.checks import check_index_against_features, recall_floor
 from pipeline.index.faiss_index import INDEX_FORMAT
 from pipeline.index.vectors import COMBINATION_VERSION
-from pipeline.lake import Lake
 from pipeline.plots import png_markdown, recall_curve_png
 
 GROUP = "index"
-DEFAULTS = IndexSettings()
 
 
-def feature_vectors(lake: Lake, store_name: str) -> ItemVectors:
-    """The pooled vectors of a feature store (`entity_features`, `mention_features`...), memory-mapped."""
-    return ItemVectors.from_store(FeatureStore.open(store_dir(lake, store_name)))
-
-
-class IndexResource(dg.ConfigurableResource):
-    """How the entity index is built and searched."""
-
-    kind: str = Field(default=DEFAULTS.kind, description="'flat' (exact), 'ivf' (approximate), or 'auto': "
-                      "flat up to `flat_max_entities` usable entities, IVF past it.")
-    flat_max_entities: int = Field(default=DEFAULTS.flat_max_entities,
-                                   description="Largest KB that 'auto' indexes exactly.")
-    nlist: int = Field(default=DEFAULTS.nlist, description="IVF lists; 0 = about 4*sqrt(entities).")
-    nprobe: int = Field(default=DEFAULTS.nprobe, description="IVF lists searched per query (recall vs speed).")
-    top_k: int = Field(default=100, description="Candidates kept per mention (clamped to the KB size).")
-    use_gpu: str = Field(default=DEFAULTS.use_gpu, description="'auto' (when faiss has GPU support and a GPU "
-                         "is present), 'always' (fail without one) or 'never'.")
-    min_recall: float = Field(default=0.5, description="Floor of recall@100 (recall@K when K < 100) on every "
-                              "split; below it the candidate_recall_floor check fails (the demo reaches 0.8 to 0.9).")
-
-    def settings(self) -> IndexSettings:
-        return IndexSettings(kind=self.kind, flat_max_entities=self.flat_max_entities, nlist=self.nlist,
-                             nprobe=self.nprobe, use_gpu=self.use_gpu)
+class IndexResource(settings_resource(IndexSettings)):
+    """How the entity index is built and searched, and how many candidates each mention keeps."""
 
 
 @dg.asset(
@@ -71,17 +44,13 @@ class IndexResource(dg.ConfigurableResource):
     "only the entities whose vectors changed.",
 )
 def entity_index(context: dg.AssetExecutionContext, lake: LakeResource, index: IndexResource) -> dg.MaterializeResult:
-    store = lake.lake()
     with user_errors():
-        settings = index.settings()
-        gpu = settings.gpu()  # validates use_gpu before any work
-        report = update_entity_index(feature_vectors(store, "entity_features"), index_dir(store), settings,
-                                     logger=context.log)
+        report = build_entity_index(lake.lake(), index.settings(), logger=context.log)
     excluded = [p for p in report.problems if p["action"] == "excluded"]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
         metadata={
-            **index_metadata(report, gpu),
+            **index_metadata(report),
             "dim": report.dim,
             "index_dim": 2 * report.dim,
             "text_only_entities": len(report.problems) - len(excluded),
@@ -91,7 +60,7 @@ def entity_index(context: dg.AssetExecutionContext, lake: LakeResource, index: I
     )
 
 
-def index_metadata(report: IndexReport, gpu: bool) -> dict:
+def index_metadata(report: IndexReport) -> dict:
     """What every index asset shows: size, kind, what the update did and why, the entities left out."""
     return {
         "dagster/row_count": report.entities,
@@ -107,7 +76,7 @@ def index_metadata(report: IndexReport, gpu: bool) -> dict:
         "excluded_entities": sum(1 for p in report.problems if p["action"] == "excluded"),
         "problems": dg.MetadataValue.md(markdown_table(report.problems[:20])),
         "seconds": report.seconds,
-        "gpu": gpu,
+        "gpu": report.gpu,
         "fingerprint": report.fingerprint,
         "path": dg.MetadataValue.path(report.directory),
     }
@@ -121,32 +90,26 @@ def index_metadata(report: IndexReport, gpu: bool) -> dict:
     description="Top-K KB indices and scores per mention (every split, nil included) from the entity index, "
     "with the rank of the gold entity and recall@K per split.",
 )
-def mention_candidates(context: dg.AssetExecutionContext, lake: LakeResource, index: IndexResource,
-                       clip: ClipResource) -> dg.MaterializeResult:
-    store = lake.lake()
+def mention_candidates(context: dg.AssetExecutionContext, lake: LakeResource,
+                       index: IndexResource) -> dg.MaterializeResult:
     with user_errors():
-        # The mention store that mention_features writes under the same ClipResource settings.
-        mentions = feature_vectors(store, mention_store_name(clip.description_source))
-        report = find_mention_candidates(store, EntityIndex.load(index_dir(store)), mentions, index.settings(),
-                                         index.top_k, logger=context.log)
-    table = store.read_table("mention_candidates")
+        report = find_mention_candidates(lake.lake(), index.settings(), logger=context.log)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
         metadata={
-            **candidates_metadata(report, table, store.table_path("mention_candidates"), "recall@K per split"),
+            **candidates_metadata(report, "recall@K per split"),
             "recall": dg.MetadataValue.md(markdown_table(recall_rows(report.stats["recall"]))),
         },
     )
 
 
-def candidates_metadata(report: CandidatesReport, table, path, plot_title: str) -> dict:
+def candidates_metadata(report: CandidatesReport, plot_title: str) -> dict:
     """What every candidates asset shows: the table, recall per split (numbers and a plot), the search."""
     stats = report.stats
     return {
-        **table_metadata(table, path, ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
+        **table_metadata(report.table, ["mention_id", "split", "gold_index", "gold_rank", "candidates", "problem"]),
         **recall_metadata(stats["recall"]),
-        "recall_plot": dg.MetadataValue.md(png_markdown(recall_curve_png(recall_curves(table, stats["k"]),
-                                                                         stats["k"]), plot_title)),
+        "recall_plot": dg.MetadataValue.md(png_markdown(recall_curve_png(report.curves, stats["k"]), plot_title)),
         "k": stats["k"],
         "nprobe": stats["nprobe"] or 0,
         "index_kind": stats["index_kind"],
@@ -180,21 +143,21 @@ def recall_rows(recall: dict[str, dict]) -> list[dict]:
     description="The entity index and the entity and mention features come from the same encoder (identity "
     "and dimension), and the index holds every usable entity of the store with its current vectors.",
 )
-def index_matches_features(lake: LakeResource, clip: ClipResource) -> dg.AssetCheckResult:
+def index_matches_features(lake: LakeResource) -> dg.AssetCheckResult:
     store = lake.lake()
     try:
-        index = EntityIndex.load(index_dir(store))
-        entities = feature_vectors(store, "entity_features")
+        index = EntityIndex.load(catalog.entity_index_dir(store))
+        entities = ItemVectors.from_store(FeatureStore.open(catalog.entity_store_dir(store)))
     except MELUserError as error:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(error))
-    mention_store = mention_store_name(clip.description_source)
+    mention_store = catalog.mention_store_dir(store)
     try:
-        mentions = feature_vectors(store, mention_store)
+        mentions = ItemVectors.from_store(FeatureStore.open(mention_store))
     except MELUserError:  # not materialized yet: the entity side is still worth checking
         mentions = None
     check = check_index_against_features(index, entities, mentions)
     compared = ("entity and mention features" if mentions is not None
-                else f"entity features ({mention_store}: none yet)")
+                else f"entity features ({mention_store.name}: none yet)")
     return dg.AssetCheckResult(
         passed=check.passed,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -202,7 +165,7 @@ def index_matches_features(lake: LakeResource, clip: ClipResource) -> dg.AssetCh
                      f"{check.usable_entities} usable entities indexed." if check.passed
                      else "The index does not match the features: " + "; ".join(check.problems) + "."),
         metadata={
-            "index_path": dg.MetadataValue.path(str(index_dir(store))),
+            "index_path": dg.MetadataValue.path(str(catalog.entity_index_dir(store))),
             "encoders": dg.MetadataValue.json(check.encoders),
             "dims": dg.MetadataValue.json(check.dims),
             "usable_entities": check.usable_entities,
@@ -222,7 +185,7 @@ def index_matches_features(lake: LakeResource, clip: ClipResource) -> dg.AssetCh
 )
 def candidate_recall_floor(lake: LakeResource, index: IndexResource) -> dg.AssetCheckResult:
     store = lake.lake()
-    stats = store.table_extra("mention_candidates")
+    stats = store.table_extra(catalog.MENTION_CANDIDATES)
     floor = recall_floor(stats["recall"], stats["k"], index.min_recall)
     shown = ", ".join(f"{split} {value:.3f}" for split, value in floor.recall.items())
     return dg.AssetCheckResult(
@@ -236,6 +199,6 @@ def candidate_recall_floor(lake: LakeResource, index: IndexResource) -> dg.Asset
             "min_recall": float(floor.floor),
             **{f"recall@{floor.cutoff}/{split}": float(value) for split, value in floor.recall.items()},
             "splits_below": ", ".join(sorted(floor.below)) or "none",
-            "table": dg.MetadataValue.path(str(store.table_path("mention_candidates"))),
+            "table": dg.MetadataValue.path(str(store.table_path(catalog.MENTION_CANDIDATES))),
         },
     )

@@ -8,19 +8,14 @@ here next to the trained index's as the baseline.
 
 import dagster as dg
 
-from assets.features import ClipResource
 from assets.index import IndexResource, candidates_metadata, index_metadata, recall_metadata, recall_rows
 from assets.metadata import markdown_table
 from assets.resources import LakeResource, user_errors
 from assets.training import TrainingResource
+from pipeline import catalog
 from pipeline.errors import MELUserError
-from pipeline.features import FeatureStore, mention_store_name, store_dir
-from pipeline.index.candidates import TABLE as ZERO_SHOT_TABLE
-from pipeline.training.retrieval import (
-    RETRIEVAL_TABLE, RETRIEVAL_VERSION, build_retrieval_index, check_retrieval_index, find_retrieval_candidates,
-    retrieval_index_dir,
-)
-from pipeline.training.train import current_model
+from pipeline.training.retrieval import (RETRIEVAL_VERSION, build_retrieval_index, check_retrieval_index,
+                                         find_retrieval_candidates)
 
 GROUP = "index"
 
@@ -38,16 +33,13 @@ GROUP = "index"
 )
 def retrieval_index(context: dg.AssetExecutionContext, lake: LakeResource, index: IndexResource,
                     training: TrainingResource) -> dg.MaterializeResult:
-    store = lake.lake()
     with user_errors():
-        settings = index.settings()
-        gpu = settings.gpu()
-        report = build_retrieval_index(store, current_model(store), settings, training.settings().torch_device(),
+        report = build_retrieval_index(lake.lake(), index.settings(), device=training.settings().torch_device(),
                                        logger=context.log)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.index.fingerprint),
         metadata={
-            **index_metadata(report.index, gpu),
+            **index_metadata(report.index),
             "index_dim": report.index.dim,
             "entities_encoded": report.encoded,
             "model": report.model[:12],
@@ -66,18 +58,18 @@ def retrieval_index(context: dg.AssetExecutionContext, lake: LakeResource, index
     "the gold rank and recall@K per split next to the zero-shot CLIP index's (mention_candidates).",
 )
 def retrieval_candidates(context: dg.AssetExecutionContext, lake: LakeResource, index: IndexResource,
-                         training: TrainingResource, clip: ClipResource) -> dg.MaterializeResult:
+                         training: TrainingResource) -> dg.MaterializeResult:
     store = lake.lake()
     with user_errors():
-        mentions = FeatureStore.open(store_dir(store, mention_store_name(clip.description_source)))
-        report = find_retrieval_candidates(store, current_model(store), mentions, index.settings(), index.top_k,
-                                           training.settings().torch_device(), logger=context.log)
-    zero_shot = store.table_extra(ZERO_SHOT_TABLE).get("recall", {}) if store.has_table(ZERO_SHOT_TABLE) else {}
-    table = store.read_table(RETRIEVAL_TABLE)
+        report = find_retrieval_candidates(store, index.settings(), device=training.settings().torch_device(),
+                                           logger=context.log)
+    # The zero-shot index's recall (an input of this asset), shown beside the trained index's as the baseline.
+    zero_shot = (store.table_extra(catalog.MENTION_CANDIDATES).get("recall", {})
+                 if store.has_table(catalog.MENTION_CANDIDATES) else {})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
         metadata={
-            **candidates_metadata(report, table, store.table_path(RETRIEVAL_TABLE), "trained index recall@K"),
+            **candidates_metadata(report, "trained index recall@K"),
             **{f"zero_shot_{name}": value for name, value in recall_metadata(zero_shot).items()},
             "recall": dg.MetadataValue.md(markdown_table(
                 [{"index": "trained", **row} for row in recall_rows(report.stats["recall"])]
@@ -96,7 +88,7 @@ def retrieval_candidates(context: dg.AssetExecutionContext, lake: LakeResource, 
 def retrieval_index_matches_model(lake: LakeResource) -> dg.AssetCheckResult:
     store = lake.lake()
     try:
-        check = check_retrieval_index(store, current_model(store))
+        check = check_retrieval_index(store)
     except MELUserError as error:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(error))
     problems = check.problems
@@ -107,7 +99,7 @@ def retrieval_index_matches_model(lake: LakeResource) -> dg.AssetCheckResult:
                      f"vectors ({len(check.excluded)} left out as unusable)." if not problems
                      else "The trained index does not match: " + "; ".join(problems) + "."),
         metadata={
-            "index_path": dg.MetadataValue.path(str(retrieval_index_dir(store))),
+            "index_path": dg.MetadataValue.path(str(catalog.retrieval_index_dir(store))),
             "entities": check.entities,
             "indexed_entities": check.indexed,
             "excluded_entities": len(check.excluded),

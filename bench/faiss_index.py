@@ -135,18 +135,17 @@ def load_vectors(folder: Path):
 def child(folder: Path, kind: str, nprobes: list[int], nlist: int) -> dict:
     from dataclasses import replace
 
-    from pipeline.index import IndexSettings, update_entity_index
-    from pipeline.index.faiss_index import EntityIndex
+    from pipeline.index import EntityIndex, IndexSettings, update_entity_index
 
     baseline_mb = current_rss_mb()
     items, query_vectors = load_vectors(folder)
     settings = IndexSettings(kind=kind, nlist=nlist)
-    index_dir = folder / f"index-{kind}"
+    index_folder = folder / f"index-{kind}"
 
     started = time.perf_counter()
-    report = update_entity_index(items, index_dir, settings)
+    report = update_entity_index(items, index_folder, settings)
     build_seconds = time.perf_counter() - started
-    index = EntityIndex.load(index_dir)
+    index = EntityIndex.load(index_folder)
 
     searches = []
     for nprobe in (nprobes if kind == "ivf" else [0]):
@@ -156,7 +155,7 @@ def child(folder: Path, kind: str, nprobes: list[int], nlist: int) -> dict:
         searches.append({"name": f"ivf nlist={report.nlist} nprobe={nprobe}" if nprobe else kind,
                          "found": name, "queries_per_s": queries_per_s})
     peak_mb = peak_rss_mb()  # build + search; what follows holds extra copies of its own
-    index_mb = (index_dir / index.config["generation"] / "index.faiss").stat().st_size / 2**20
+    index_mb = (index_folder / index.config["generation"] / "index.faiss").stat().st_size / 2**20
     float32_lists = ivf_with_float32_lists(index, items, nprobes, query_vectors, folder) if kind == "ivf" else []
     del index
     changed_text = np.array(items.text)  # a copy with 1% of the entities changed
@@ -164,7 +163,7 @@ def child(folder: Path, kind: str, nprobes: list[int], nlist: int) -> dict:
     changed = rng.choice(len(items), len(items) // 100, replace=False)
     changed_text[changed] += rng.standard_normal((len(changed), items.dim)).astype(np.float16) * 0.05
     started = time.perf_counter()
-    sync = update_entity_index(replace(items, text=changed_text, fingerprint="v2"), index_dir, settings)
+    sync = update_entity_index(replace(items, text=changed_text, fingerprint="v2"), index_folder, settings)
     sync_seconds = time.perf_counter() - started
     assert sync.action == "synced" and sync.counts.updated == len(changed), sync
     return {"build_seconds": build_seconds, "searches": searches, "sync_seconds": sync_seconds, "peak_rss_mb": peak_mb,

@@ -4,7 +4,7 @@ and IVF against exact search over a trained matcher's vectors.
     python bench/mmoe_eval.py --entities 100000 --test-mentions 40 --threads 1   # writes the lake and model
     python bench/retrieval_search.py --lake /tmp/mmoe-eval-bench --threads 1
 
-Part 1 times `pipeline.index.faiss_index.exact_search` and `faiss.IndexFlatIP.search` on the same random
+Part 1 times `pipeline.index.search.exact_search` and `faiss.IndexFlatIP.search` on the same random
 100k x 160 float32 vectors and 39 queries, k = 100 (best of 3), and checks that they return the same rows.
 Part 2 builds, with the pipeline's `update_entity_index`, an exact and an IVF index of the lake model's
 retrieval vectors (`TrainedEntityVectors`), and searches the dev and test mentions' query vectors in both:
@@ -14,7 +14,6 @@ gold recall@100, the share of the exact top-100 that IVF returns, and ms per que
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ def best_of(fn, repeat: int = 3) -> tuple[float, object]:
 def exact_against_faiss(entities: int, dim: int, queries: int, k: int) -> None:
     import faiss
 
-    from pipeline.index.faiss_index import exact_search
+    from pipeline.index.search import exact_search
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((entities, dim), dtype=np.float32)
@@ -60,10 +59,11 @@ def ivf_against_exact(lake_root: str, nprobes: list[int]) -> None:
     from pipeline.lake import Lake
     from pipeline.training.data import Inputs
     from pipeline.training.retrieval import TrainedEntityVectors, encode_vectors
+    from pipeline.training.trained import current_model
 
     lake = Lake(lake_root)
     inputs = Inputs.open(lake)
-    checkpoint = json.loads((lake.root / "mmoe" / "current.json").read_text())["checkpoint"]
+    checkpoint = current_model(lake)["checkpoint"]
     matcher = load_checkpoint(checkpoint).model.eval()
     cpu = torch.device("cpu")
     indexes = {}

@@ -1,17 +1,28 @@
-"""The entity index and mention candidates, on vectors built by hand (no encoder needed)."""
+"""The entity index on vectors built by hand (no encoder needed): the combination rule, kinds, sync, bad input."""
 
+import dataclasses
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from pipeline.errors import MELUserError
-from pipeline.index import EntityIndex, IndexSettings, ItemVectors, find_mention_candidates, update_entity_index
-from pipeline.index import faiss_index
-from pipeline.index.candidates import recall_by_split, recall_curves
-from pipeline.index.vectors import IMAGE_BROKEN, TEXT_NOT_FINITE, TEXT_ZERO, query_matrix, read_checked
-from pipeline.mimic import MENTIONS_SCHEMA
+from pipeline.index import (
+    EntityIndex,
+    IndexSettings,
+    ItemVectors,
+    faiss_index,
+    update_entity_index,
+)
+from pipeline.index.settings import TRAIN_POINTS_PER_LIST
+from pipeline.index.vectors import (
+    IMAGE_BROKEN,
+    TEXT_NOT_FINITE,
+    TEXT_ZERO,
+    query_matrix,
+    read_checked,
+)
+from pipeline.settings import SettingError, doc_of
 
 ENCODER = {"architecture": "test", "weights": "random-seed-0"}
 
@@ -36,8 +47,8 @@ def with_changes(items, fingerprint, **arrays):
     return ItemVectors(**fields, encoder=dict(items.encoder), fingerprint=fingerprint)
 
 
-def search(index_dir, queries: ItemVectors, k, nprobe=8):
-    index = EntityIndex.load(index_dir)
+def search(directory, queries: ItemVectors, k, nprobe=8):
+    index = EntityIndex.load(directory)
     scores, ids = index.searcher(nprobe, use_gpu=False)(query_matrix(read_checked(queries, np.arange(len(queries)))), k)
     return scores, ids
 
@@ -113,7 +124,7 @@ def test_auto_switches_to_ivf_past_the_threshold(tmp_path):
     _, probe_few = search(tmp_path / "ivf", queries, k=10, nprobe=4)
 
     assert (small.kind, large.kind) == ("flat", "ivf")
-    assert large.nlist == 2000 // faiss_index.TRAIN_POINTS_PER_LIST
+    assert large.nlist == 2000 // TRAIN_POINTS_PER_LIST
     # Probing every list is exhaustive; IVF lists hold float16, so scores agree to fp16 precision.
     np.testing.assert_allclose(probe_all_scores, exact_scores, atol=2e-3)
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(probe_few, exact)])
@@ -232,10 +243,18 @@ def test_entity_ids_must_be_kb_indices(tmp_path):
     (dict(nprobe=0), "nprobe=0 must be at least 1"),
     (dict(use_gpu="yes"), "use_gpu='yes' is not one of"),
     (dict(nlist=-1), "nlist=-1 must be 0"),
+    (dict(candidates_per_mention=0), "candidates_per_mention=0 must be at least 1"),
+    (dict(min_recall=1.5), "min_recall=1.5 must be between 0 and 1"),
 ])
 def test_bad_settings_name_the_setting(settings, message):
-    with pytest.raises(MELUserError, match=message):
+    with pytest.raises(MELUserError, match=message) as raised:
         IndexSettings(**settings)
+    assert isinstance(raised.value, SettingError) and raised.value.message.startswith(next(iter(settings)))
+
+
+def test_every_setting_has_a_one_line_description():
+    docs = {setting.name: doc_of(setting) for setting in dataclasses.fields(IndexSettings)}
+    assert all(doc and "\n" not in doc for doc in docs.values()), docs
 
 
 def test_an_nlist_above_the_kb_size_is_refused(tmp_path):
@@ -243,7 +262,7 @@ def test_an_nlist_above_the_kb_size_is_refused(tmp_path):
         update_entity_index(random_items(100), tmp_path, IndexSettings(kind="ivf", nlist=500))
 
 
-@pytest.mark.skipif(faiss_index.IndexSettings(use_gpu="auto").gpu(), reason="a GPU is present")
+@pytest.mark.skipif(IndexSettings(use_gpu="auto").gpu(), reason="a GPU is present")
 def test_asking_for_a_gpu_without_one_is_refused():
     with pytest.raises(MELUserError, match="use_gpu='always' needs faiss with GPU support"):
         IndexSettings(use_gpu="always").gpu()
@@ -279,124 +298,6 @@ def test_a_corrupt_index_is_refused_on_load_and_rebuilt_on_update(tmp_path):
         EntityIndex.load(tmp_path)
     report = update_entity_index(entities, tmp_path, IndexSettings())
     assert report.action == "built" and len(EntityIndex.load(tmp_path)) == 50
-
-
-# -- mention candidates ----------------------------------------------------------------------
-
-def write_mentions(lake, rows):
-    """rows: (mention_id, split, gold_index or None)."""
-    records = [{"mention_id": mention_id, "split": split, "gold_index": gold, "is_nil": gold is None,
-                "gold_qid": None if gold is None else f"Q{gold}", "mention": "m", "sentence": "s", "has_image": False}
-               for mention_id, split, gold in rows]
-    lake.write_table("mentions", pa.Table.from_pylist(records, schema=MENTIONS_SCHEMA), fingerprint="mentions-v1")
-
-
-def mentions_near(entities, golds, mention_ids, noise=0.05, seed=3):
-    """Mention vectors close to their gold entity's (a far-away vector where gold is None)."""
-    rng = np.random.default_rng(seed)
-    rows = [g if g is not None else 0 for g in golds]
-    text = np.asarray(entities.text[rows], np.float32) + noise * rng.standard_normal((len(rows), entities.dim))
-    image = np.asarray(entities.image[rows], np.float32) + noise * rng.standard_normal((len(rows), entities.dim))
-    return ItemVectors(np.asarray(mention_ids), text.astype(np.float16), image.astype(np.float16),
-                       np.ones(len(rows), bool), ENCODER, "mentions-store-v1", "mention store")
-
-
-@pytest.fixture
-def indexed(tmp_path):
-    entities = random_items(200, dim=32)
-    update_entity_index(entities, tmp_path / "index", IndexSettings())
-    return entities, EntityIndex.load(tmp_path / "index")
-
-
-def test_candidates_rank_the_gold_and_report_recall_per_split(lake, indexed):
-    entities, index = indexed
-    write_mentions(lake, [("train:1", "train", 10), ("train:2", "train", 20), ("test:1", "test", 30),
-                          ("test:2", "test", 40), ("test:nil", "test", None), ("test:lost", "test", 50)])
-    mentions = mentions_near(entities, [10, 20, 30, 40, None], ["train:1", "train:2", "test:1", "test:2", "test:nil"])
-    mentions.text[3], mentions.image[3] = -entities.text[40], -entities.image[40]  # test:2 is unlike its gold
-    # test:lost has no row in the feature store.
-
-    report = find_mention_candidates(lake, index, mentions, IndexSettings(), top_k=5)
-    table = {row["mention_id"]: row for row in lake.read_table("mention_candidates").to_pylist()}
-
-    assert [table[m]["gold_rank"] for m in ("train:1", "train:2", "test:1")] == [1, 1, 1]
-    assert table["train:1"]["candidates"][0] == 10 and len(table["train:1"]["candidates"]) == 5
-    assert table["train:1"]["scores"] == sorted(table["train:1"]["scores"], reverse=True)
-    assert table["test:2"]["gold_rank"] is None and len(table["test:2"]["candidates"]) == 5
-    assert table["test:nil"]["gold_rank"] is None and table["test:nil"]["gold_index"] is None
-    assert len(table["test:nil"]["candidates"]) == 5  # nil mentions are searched too
-    assert table["test:lost"]["candidates"] == []
-    assert "no row in the mention feature store" in table["test:lost"]["problem"]
-    recall = report.stats["recall"]
-    assert recall["train"] == {"mentions_with_gold": 2, "recall@1": 1.0, "recall@5": 1.0}
-    assert recall["test"] == {"mentions_with_gold": 3, "recall@1": 1 / 3, "recall@5": 1 / 3}
-
-
-
-def test_the_recall_curve_gives_recall_at_every_k_over_the_same_mentions():
-    table = pa.table({"split": ["dev", "dev", "dev", "dev", "test"], "gold_index": [1, 2, 3, None, 4],
-                      "gold_rank": pa.array([1, 3, None, None, 2], pa.int32())})  # dev: a miss and a nil
-
-    curves = recall_curves(table, k=4)
-
-    assert curves["dev"].tolist() == [1 / 3, 1 / 3, 2 / 3, 2 / 3]  # nil left out, the miss counts
-    assert curves["test"].tolist() == [0.0, 1.0, 1.0, 1.0]
-    assert recall_by_split(table, 4)["dev"]["recall@4"] == curves["dev"][-1]
-
-def test_a_broken_mention_vector_gets_a_problem_row_and_counts_as_a_miss(lake, indexed):
-    entities, index = indexed
-    write_mentions(lake, [("dev:1", "dev", 1), ("dev:2", "dev", 2)])
-    mentions = mentions_near(entities, [1, 2], ["dev:1", "dev:2"])
-    mentions.text[1] = np.nan
-
-    report = find_mention_candidates(lake, index, mentions, IndexSettings(), top_k=10)
-    broken = lake.read_table("mention_candidates").to_pylist()[1]
-
-    assert broken["candidates"] == [] and broken["problem"] == TEXT_NOT_FINITE
-    assert report.stats["recall"]["dev"]["recall@1"] == 0.5
-    assert report.stats["problems"] == {TEXT_NOT_FINITE: 1}
-
-
-def test_top_k_is_clamped_to_the_kb_size(lake, indexed):
-    entities, index = indexed
-    write_mentions(lake, [("dev:1", "dev", 1)])
-
-    report = find_mention_candidates(lake, index, mentions_near(entities, [1], ["dev:1"]), IndexSettings(), top_k=1000)
-
-    assert report.stats["k"] == 200
-    assert len(lake.read_table("mention_candidates")["candidates"][0]) == 200
-    assert set(report.stats["recall"]["dev"]) == {"mentions_with_gold", "recall@1", "recall@10", "recall@50",
-                                                  "recall@100", "recall@200"}
-
-
-def test_unchanged_inputs_reuse_the_candidates_table(lake, indexed):
-    entities, index = indexed
-    write_mentions(lake, [("dev:1", "dev", 1)])
-    mentions = mentions_near(entities, [1], ["dev:1"])
-
-    first = find_mention_candidates(lake, index, mentions, IndexSettings(), top_k=10)
-    second = find_mention_candidates(lake, index, mentions, IndexSettings(), top_k=10)
-    other_k = find_mention_candidates(lake, index, mentions, IndexSettings(), top_k=20)
-
-    assert (first.reused, second.reused, other_k.reused) == (False, True, False)
-    assert second.stats["recall"] == first.stats["recall"]
-
-
-def test_mentions_from_another_encoder_are_refused(lake, indexed):
-    entities, index = indexed
-    write_mentions(lake, [("dev:1", "dev", 1)])
-    mentions = mentions_near(entities, [1], ["dev:1"])
-    mentions.encoder = {"architecture": "ViT-B-32", "weights": "openai"}
-
-    with pytest.raises(MELUserError, match="mention features at mention store were written by encoder "
-                                           "architecture=ViT-B-32, weights=openai"):
-        find_mention_candidates(lake, index, mentions, IndexSettings())
-
-
-def test_a_missing_mentions_table_is_a_user_error(lake, indexed):
-    entities, index = indexed
-    with pytest.raises(MELUserError, match="The mentions table is missing"):
-        find_mention_candidates(lake, index, mentions_near(entities, [1], ["dev:1"]), IndexSettings())
 
 
 def test_a_missing_index_is_a_user_error(tmp_path):

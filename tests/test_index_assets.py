@@ -10,17 +10,20 @@ import base64
 import dagster as dg
 import numpy as np
 import pytest
+import torch
 
 from assets import features, index, ingest
 from assets.features import ClipResource
 from assets.index import IndexResource
 from assets.resources import DatasetResource, LakeResource
-from pipeline.features import StoreWriter, store_dir
-from pipeline.features.encoder import EncodedBatch
+from model.features import MMoEFeatures
+from pipeline import catalog
+from pipeline.features import StoreWriter
 from pipeline.hashing import hash_bytes
-from pipeline.index import EntityIndex, index_dir
+from pipeline.index import EntityIndex
+from pipeline.ingest import IngestSettings, ingest_dataset
 from pipeline.lake import Lake
-from pipeline.mimic import ingest_dataset
+from tests.conftest import data_version, failure_message, metadata_of
 
 ENCODER = {"arch": "hand-made", "weights": "test vectors"}
 DIMS = {"D": 16, "L": 2, "Wt": 4, "P1": 2, "Wv": 4}
@@ -38,17 +41,6 @@ def materialize(assets, instance, **kwargs):
     return dg.materialize(assets, instance=instance, resources=resources(**kwargs), raise_on_error=False)
 
 
-def metadata_of(result, key):
-    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]]
-    materialization = event.step_materialization_data.materialization
-    return {name: value.value for name, value in materialization.metadata.items()}
-
-
-def data_version_of(result, key):
-    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]]
-    return event.step_materialization_data.materialization.tags["dagster/data_version"]
-
-
 def png_of(markdown: str) -> bytes:
     """The PNG that markdown metadata embeds as `![alt](data:image/png;base64,...)`."""
     prefix = "](data:image/png;base64,"
@@ -56,20 +48,19 @@ def png_of(markdown: str) -> bytes:
     return base64.b64decode(markdown.split(prefix, 1)[1][:-1])
 
 
-def failure_message(result):
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    return failure.step_failure_data.error.message
-
-
 def write_store(lake, name, ids, text, image, has_image, encoder=ENCODER):
     """A feature store written through the real writer (token states are zeros: the index ignores them)."""
     n = len(ids)
-    encoded = EncodedBatch(
-        text_pooled=np.asarray(text, np.float16), image_pooled=np.asarray(image, np.float16),
-        text_tokens=np.zeros((n, DIMS["L"], DIMS["Wt"]), np.float16), text_mask=np.ones((n, DIMS["L"]), np.uint8),
-        image_tokens=np.zeros((n, DIMS["P1"], DIMS["Wv"]), np.float16), has_image=np.asarray(has_image, bool))
-    keys = [hash_bytes(encoded.text_pooled[i].tobytes() + encoded.image_pooled[i].tobytes()) for i in range(n)]
-    with StoreWriter(store_dir(lake, name), encoder, recipe={"kind": name}) as writer:
+    encoded = MMoEFeatures(
+        text_embeds=torch.from_numpy(np.asarray(text, np.float16)),
+        image_embeds=torch.from_numpy(np.asarray(image, np.float16)),
+        text_tokens=torch.zeros((n, DIMS["L"], DIMS["Wt"]), dtype=torch.float16),
+        text_mask=torch.ones((n, DIMS["L"]), dtype=torch.bool),
+        image_tokens=torch.zeros((n, DIMS["P1"], DIMS["Wv"]), dtype=torch.float16),
+        has_image=torch.from_numpy(np.asarray(has_image, bool)))
+    keys = [hash_bytes(encoded.text_embeds[i].numpy().tobytes() + encoded.image_embeds[i].numpy().tobytes())
+            for i in range(n)]
+    with StoreWriter(catalog.feature_store_dir(lake, name), encoder, recipe={"kind": name}) as writer:
         writer.set_dims(DIMS)
         writer.add(list(ids), keys, encoded, [False] * n, [[] for _ in range(n)])
         writer.commit(list(ids), keys)
@@ -81,7 +72,7 @@ class World:
     def __init__(self, dataset, lake: Lake, entities: int = 10):
         rng = np.random.default_rng(0)
         self.lake = lake
-        ingest_dataset(dataset.write(), lake)
+        ingest_dataset(lake, IngestSettings(dataset.write()))
         self.text = rng.standard_normal((entities, DIMS["D"]))
         self.image = rng.standard_normal((entities, DIMS["D"]))
         self.has_image = np.arange(entities) % 3 != 2
@@ -132,7 +123,7 @@ def test_index_and_candidates_show_kind_counts_and_recall(world, instance):
     built = metadata_of(result, "entity_index")
     assert (built["index_kind"], built["entities"], built["action"], built["added"]) == ("flat", 10, "built", 10)
     assert (built["dim"], built["index_dim"], built["excluded_entities"]) == (16, 32, 0)
-    assert data_version_of(result, "entity_index") == built["fingerprint"]
+    assert data_version(result, "entity_index") == built["fingerprint"]
     candidates = metadata_of(result, "mention_candidates")
     assert candidates["dagster/row_count"] == 3 and candidates["k"] == 10
     assert {name: candidates[name] for name in candidates if name.startswith("recall@1/")} == {
@@ -151,7 +142,7 @@ def test_unchanged_inputs_keep_the_index_and_the_candidates(world, instance):
     assert metadata_of(second, "entity_index")["action"] == "unchanged"
     assert metadata_of(second, "mention_candidates")["reused_stored_output"] is True
     for key in ("entity_index", "mention_candidates"):
-        assert data_version_of(first, key) == data_version_of(second, key)
+        assert data_version(first, key) == data_version(second, key)
 
 
 def test_new_and_changed_entities_are_synced_in_place(world, instance):
@@ -168,7 +159,7 @@ def test_new_and_changed_entities_are_synced_in_place(world, instance):
     synced = metadata_of(result, "entity_index")
     assert (synced["action"], synced["added"], synced["removed"], synced["updated"], synced["unchanged"]) == (
         "synced", 1, 0, 1, 9)
-    assert 10 in EntityIndex.load(index_dir(world.lake)).keys
+    assert 10 in EntityIndex.load(catalog.entity_index_dir(world.lake)).keys
     assert metadata_of(result, "mention_candidates")["k"] == 11
 
 
@@ -217,4 +208,4 @@ def test_a_bad_index_setting_fails_with_one_sentence(world, instance):
     result = materialize(INDEX_ASSETS, instance, lake_root=world.lake.root,
                          index_resource=IndexResource(kind="hnsw"))
 
-    assert "The index setting kind='hnsw' is not one of auto, flat, ivf." in failure_message(result)
+    assert "IndexResource.kind='hnsw' is not one of auto, flat, ivf." in failure_message(result)

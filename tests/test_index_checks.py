@@ -6,10 +6,18 @@ import pytest
 
 from assets import index
 from assets.index import IndexResource
-from tests.test_index_assets import ENCODER, GOLD, INDEX_ASSETS, World, resources, write_store
+from pipeline import catalog
+from tests.test_index_assets import (
+    ENCODER,
+    GOLD,
+    INDEX_ASSETS,
+    World,
+    resources,
+    write_store,
+)
 
 CHECKS = [index.index_matches_features, index.candidate_recall_floor]
-FEATURES = [dg.AssetSpec("entity_features"), dg.AssetSpec("mention_features")]  # written outside the runs
+FEATURES = [dg.AssetSpec(catalog.ENTITY_FEATURES), dg.AssetSpec(catalog.MENTION_FEATURES)]  # written outside the runs
 
 
 def build(world, instance, index_resource=None):
@@ -80,10 +88,10 @@ def test_an_index_that_lags_behind_the_entity_store_fails_naming_the_entities(wo
 
 def test_candidates_that_miss_the_gold_fail_the_recall_floor(world, instance):
     wrong = [(gold + 1) % 10 for gold in GOLD.values()]  # every mention looks like the next entity
-    write_store(world.lake, "mention_features", list(GOLD), world.text[wrong], world.image[wrong],
+    write_store(world.lake, catalog.MENTION_FEATURES, list(GOLD), world.text[wrong], world.image[wrong],
                 [True, True, False])
 
-    result, checks = build(world, instance, index_resource=IndexResource(top_k=1))
+    result, checks = build(world, instance, index_resource=IndexResource(candidates_per_mention=1))
 
     failed = checks["candidate_recall_floor"]
     assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR

@@ -10,6 +10,9 @@ every non-nil mention of the split, never over the ones that happened to work.
 
 The result is reused when its inputs are unchanged: the index fingerprint, the query source's
 fingerprint, the ``mentions`` table fingerprint, K and nprobe.
+
+``find_mention_candidates`` is the ``mention_candidates`` stage (the lake's entity index, a mention feature
+store); ``find_candidates`` searches any index with any ``QuerySource`` into a table of that schema.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from pipeline import catalog
 from pipeline.errors import MELUserError
+from pipeline.features.store import FeatureStore
 from pipeline.hashing import hash_strings
-from pipeline.index.faiss_index import EntityIndex, IndexSettings
+from pipeline.index.faiss_index import EntityIndex
+from pipeline.index.settings import IndexSettings, refuse
 from pipeline.index.vectors import ItemVectors, query_matrix, read_checked
-from pipeline.lake import Lake
+from pipeline.lake import Lake, StoredTable
 
 CANDIDATES_VERSION = "1"
-TABLE = "mention_candidates"
 RECALL_AT = (1, 10, 50, 100)
 QUERY_BATCH = 4096
 GPU_MAX_K = 2048  # faiss GPU search limit
@@ -65,6 +70,7 @@ class ClipMentionQueries:
 def as_queries(mentions: "QuerySource | ItemVectors") -> QuerySource:
     return ClipMentionQueries(mentions) if isinstance(mentions, ItemVectors) else mentions
 
+
 CANDIDATES_SCHEMA = pa.schema([
     ("mention_id", pa.string()),
     ("split", pa.string()),
@@ -81,31 +87,45 @@ class CandidatesReport:
     reused: bool
     fingerprint: str
     stats: dict
+    table: StoredTable  # the candidates table as written (or kept)
+    curves: dict[str, np.ndarray]  # recall@n for n = 1..K per split (recall_curves)
 
 
-def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: QuerySource | ItemVectors,
-                            settings: IndexSettings, top_k: int = 100, logger=log,
-                            table_name: str = TABLE) -> CandidatesReport:
-    """Search every mention of the ``mentions`` table; write the ``table_name`` table (``mention_candidates``).
+def find_mention_candidates(lake: Lake, settings: IndexSettings, *, logger=log) -> CandidatesReport:
+    """The ``mention_candidates`` stage: every mention of the ``mentions`` table searched in the entity index
+    (``catalog.entity_index_dir``) with its CLIP query from the lake's mention feature store
+    (``catalog.mention_store_dir``)."""
+    mentions = ItemVectors.from_store(FeatureStore.open(catalog.mention_store_dir(lake)))
+    index = EntityIndex.load(catalog.entity_index_dir(lake))
+    return find_candidates(lake, index, mentions, settings, table_name=catalog.MENTION_CANDIDATES, logger=logger)
 
-    ``mentions``: the mention feature store's vectors (``ItemVectors``, CLIP rule) or any ``QuerySource``."""
+
+def find_candidates(lake: Lake, index: EntityIndex, mentions: QuerySource | ItemVectors, settings: IndexSettings,
+                    *, table_name: str, logger=log) -> CandidatesReport:
+    """Search every mention of the ``mentions`` table in ``index``; write the ``table_name`` table.
+
+    ``mentions``: the mention feature store's vectors (``ItemVectors``, CLIP rule) or any ``QuerySource``;
+    ``settings.candidates_per_mention`` candidates each, clamped to the index size."""
     mentions = as_queries(mentions)
     check_compatible(index, mentions)
-    if top_k < 1:
-        raise MELUserError(f"The index setting top_k={top_k} must be at least 1.")
     table = _mentions_table(lake)
-    k = min(top_k, len(index))
-    if k < top_k:
-        logger.warning(f"top_k={top_k} exceeds the {len(index)} indexed entities: returning {k} candidates each.")
+    wanted = settings.candidates_per_mention
+    k = min(wanted, len(index))
+    if k < wanted:
+        logger.warning(f"candidates_per_mention={wanted} exceeds the {len(index)} indexed entities: "
+                       f"returning {k} candidates each.")
     fingerprint = hash_strings([CANDIDATES_VERSION, index.fingerprint, mentions.fingerprint,
-                                lake.table_fingerprint("mentions") or "", str(k), str(_nprobe_used(index, settings))])
+                                lake.table_fingerprint(catalog.MENTIONS) or "", str(k),
+                                str(_nprobe_used(index, settings))])
     if lake.table_fingerprint(table_name) == fingerprint:
         logger.info(f"Inputs unchanged (fingerprint {fingerprint[:12]}): reusing the stored {table_name} table.")
-        return CandidatesReport(True, fingerprint, lake.table_extra(table_name))
+        stored = lake.read_table(table_name, columns=["split", "gold_index", "gold_rank"])
+        return CandidatesReport(True, fingerprint, lake.table_extra(table_name), lake.stored_table(table_name),
+                                recall_curves(stored, k))
 
     use_gpu = settings.gpu()
     if use_gpu and k > GPU_MAX_K:
-        raise MELUserError(f"The index setting top_k={top_k} exceeds faiss's GPU limit of {GPU_MAX_K}; lower it.")
+        refuse(f"candidates_per_mention={wanted} exceeds faiss's GPU limit of {GPU_MAX_K}; lower it.")
     started = time.perf_counter()
     candidates, scores, problems, searched = search_mentions(index, mentions, table["mention_id"].to_pylist(), k,
                                                              settings, use_gpu, logger)
@@ -128,7 +148,7 @@ def find_mention_candidates(lake: Lake, index: EntityIndex, mentions: QuerySourc
         "recall": recall_by_split(result, k),
     }
     lake.write_table(table_name, result, fingerprint, extra=stats)
-    return CandidatesReport(False, fingerprint, stats)
+    return CandidatesReport(False, fingerprint, stats, lake.stored_table(table_name), recall_curves(result, k))
 
 
 def check_compatible(index: EntityIndex, mentions: QuerySource | ItemVectors) -> None:
@@ -163,9 +183,9 @@ def _nprobe_used(index: EntityIndex, settings: IndexSettings) -> int | None:
 
 def _mentions_table(lake: Lake) -> pa.Table:
     try:
-        return lake.read_table("mentions", columns=["mention_id", "split", "gold_index", "is_nil"])
+        return lake.read_table(catalog.MENTIONS, columns=["mention_id", "split", "gold_index", "is_nil"])
     except FileNotFoundError:
-        raise MELUserError(f"The mentions table is missing at {lake.table_path('mentions')}; "
+        raise MELUserError(f"The mentions table is missing at {lake.table_path(catalog.MENTIONS)}; "
                            f"materialize mentions first.") from None
 
 

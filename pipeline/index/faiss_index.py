@@ -1,4 +1,4 @@
-"""The FAISS entity index: build, keep in sync with the entity features, save, load, search.
+"""The FAISS entity index: build, sync in place, save, load, search (when to sync or rebuild: ``sync``).
 
 Kinds. Up to ``flat_max_entities`` usable entities the index is exact: ``IndexIDMap2``
 around ``IndexFlatIP``; batched exact search runs as one matrix product (BLAS) and a top-k over
@@ -18,13 +18,8 @@ would cost recall for no need.
 Ids are KB indices everywhere (``IndexIDMap2`` for flat, IVF stores ids natively), so a
 search answers KB indices directly and entities can be added or removed in place.
 
-Sync. Stored next to the index is a content key per entity: a digest of exactly the
-vectors its index vector is made of. ``update_entity_index`` compares them with the
-current feature store and removes/adds only what changed. It rebuilds from scratch when
-sync would give a different index than a rebuild would: first build, other encoder, other
-combination rule, the kind that ``auto`` picks changes, an explicit ``nlist`` changes, or
-more than ``RETRAIN_FRACTION`` of the entities changed since the frozen statistics (the
-mean image used for image-less entities, the IVF centroids) were computed.
+Sync. Stored next to the index is a content key per entity: a digest of exactly the vectors its
+index vector is made of; ``EntityIndex.sync`` removes and adds only the entities whose key changed.
 
 Storage. Each save writes a new generation folder (index.faiss, entities.parquet,
 problems.parquet, fill.npy with the statistics frozen at the build; each file atomically) and
@@ -41,85 +36,34 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
-import math
 import shutil
-import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
+from pipeline.atomic import atomic_path, write_text_atomic
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_bytes, hash_strings
-from pipeline.index.vectors import BATCH_ROWS, ClipEntityVectors, EntityScan, ItemVectors
-from pipeline.lake import Lake, atomic_path, write_text_atomic
-from pipeline.locks import exclusive_lock
+from pipeline.index.search import gpu_resources, gpu_searcher, matmul_searcher
+from pipeline.index.settings import TRAIN_POINTS_PER_LIST, IndexSettings
+from pipeline.index.vectors import (
+    BATCH_ROWS,
+    ClipEntityVectors,
+    EntityScan,
+    ItemVectors,
+)
 
 INDEX_FORMAT = "2"  # 2: fill.npy (was image_fill.npy), any VectorSource
-KINDS = ("auto", "flat", "ivf")
-GPU_CHOICES = ("auto", "always", "never")
-RETRAIN_FRACTION = 0.25
-TRAIN_POINTS_PER_LIST = 50  # faiss warns below 39 training points per centroid
 CONFIG_NAME = "index.json"
+IDENTITY_KEYS = ("encoder", "dim", "fingerprint")  # what readers may know of a stored index without loading it
 TRAIN_SEED = 0
-
-log = logging.getLogger(__name__)
-
-
-def index_dir(lake: Lake) -> Path:
-    """Where the entity index lives in the lake."""
-    return lake.root / "index" / "entity"
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """How the entity index is built and searched (checked on creation)."""
-
-    kind: str = "auto"
-    flat_max_entities: int = 200_000
-    nlist: int = 0  # 0 = choose from the number of entities
-    nprobe: int = 32
-    use_gpu: str = "auto"
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise MELUserError(f"The index setting kind={self.kind!r} is not one of {', '.join(KINDS)}.")
-        if self.use_gpu not in GPU_CHOICES:
-            raise MELUserError(f"The index setting use_gpu={self.use_gpu!r} is not one of {', '.join(GPU_CHOICES)}.")
-        for name in ("flat_max_entities", "nprobe"):
-            if getattr(self, name) < 1:
-                raise MELUserError(f"The index setting {name}={getattr(self, name)} must be at least 1.")
-        if self.nlist < 0:
-            raise MELUserError(f"The index setting nlist={self.nlist} must be 0 (automatic) or positive.")
-
-    def kind_for(self, entities: int) -> str:
-        if self.kind != "auto":
-            return self.kind
-        return "flat" if entities <= self.flat_max_entities else "ivf"
-
-    def nlist_for(self, entities: int) -> int:
-        """About 4 sqrt(N) lists (faiss's guideline), capped so each gets enough training points."""
-        if self.nlist:
-            if self.nlist > entities:
-                raise MELUserError(
-                    f"The index setting nlist={self.nlist} exceeds the {entities} usable entities; lower it or set 0.")
-            return self.nlist
-        return max(1, min(round(4 * math.sqrt(entities)), entities // TRAIN_POINTS_PER_LIST))
-
-    def gpu(self) -> bool:
-        available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-        if self.use_gpu == "always" and not available:
-            raise MELUserError("The index setting use_gpu='always' needs faiss with GPU support (faiss-gpu) "
-                               "and a visible GPU; neither is present here.")
-        return available and self.use_gpu != "never"
 
 
 class VectorSource(Protocol):
@@ -251,11 +195,11 @@ class EntityIndex:
         """A function (queries [n, 2D] float32, k) -> (scores [n, k], KB indices [n, k]; -1 = none)."""
         nprobe = min(nprobe, self.config["nlist"] or 1)
         if use_gpu:
-            return _gpu_searcher(self.index, self.kind, nprobe)
+            return gpu_searcher(self.index, self.kind, nprobe)
         if self.kind == "ivf":
             faiss.extract_index_ivf(self.index).nprobe = nprobe
             return self.index.search
-        return _matmul_searcher(self.index)
+        return matmul_searcher(self.index)
 
     # -- storage -----------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -313,11 +257,14 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
         pq.write_table(table, temp)
 
 
-def read_index_config(directory: Path) -> dict | None:
-    """The committed index's config (encoder, dims, fingerprint, generation), or None when there is none:
-    what a reader needs to know about the index without loading it."""
+def stored_index_identity(directory: Path) -> dict | None:
+    """What the committed index in ``directory`` was built from and holds, without loading it: {"encoder",
+    "dim", "fingerprint"}, or None when there is none (readers check it against their stores)."""
     path = Path(directory) / CONFIG_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    return {key: config.get(key) for key in IDENTITY_KEYS}
 
 
 def _committed_generation(directory: Path) -> str | None:
@@ -354,190 +301,9 @@ def _trained_ivf(source: VectorSource, scan: EntityScan, fill: np.ndarray, nlist
     vectors = np.ascontiguousarray(source.vectors(rows, fill), dtype=np.float32)
     # On a GPU only the k-means assignments run there; the index itself stays on the CPU.
     # (A Python reference keeps the GPU index alive while faiss holds a bare pointer to it.)
-    clustering = faiss.index_cpu_to_gpu(_gpu_resources(), 0, faiss.IndexFlatIP(dim)) if use_gpu else None
+    clustering = faiss.index_cpu_to_gpu(gpu_resources(), 0, faiss.IndexFlatIP(dim)) if use_gpu else None
     index.clustering_index = clustering
     index.train(vectors)
     index.clustering_index = None
     sample_key = hash_strings(scan.keys[int(i)] for i in sample)
     return index, sample_key
-
-
-EXACT_QUERY_CHUNK = 256  # queries per matrix product: 256 x 200k entities of float32 scores = 200 MB
-
-
-def _matmul_searcher(index: faiss.Index):
-    """Exact top-k on the CPU over the flat index's own vectors (a view, not a copy), by `exact_search`."""
-    flat = faiss.downcast_index(index.index)
-    if flat.ntotal == 0:
-        return index.search
-    vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
-    ids = faiss.vector_to_array(index.id_map)
-
-    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, positions = exact_search(vectors, queries, k)
-        return scores, np.where(positions >= 0, ids[np.maximum(positions, 0)], -1)
-
-    search.index = index  # the vectors are a view of the index's memory: keep it alive with the searcher
-    return search
-
-
-def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k inner products of `queries` [n, d] against `vectors` [N, d] float32: (scores [n, k], rows [n, k];
-    -1 past N), as FAISS returns them. One matrix product and a top-k per chunk of queries (torch): FAISS's
-    flat search gives the same rows, 2.9x slower here for k = 100 of 100k (bench/retrieval_search.py)."""
-    matrix = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
-    found = min(k, len(matrix))
-    scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
-    rows = np.full((len(queries), k), -1, dtype=np.int64)
-    for start in range(0, len(queries), EXACT_QUERY_CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(queries[start:start + EXACT_QUERY_CHUNK], np.float32))
-        top, positions = (chunk @ matrix.T).topk(found, dim=1)
-        scores[start:start + len(chunk), :found] = top.numpy()
-        rows[start:start + len(chunk), :found] = positions.numpy()
-    return scores, rows
-
-
-_GPU_RESOURCES = None
-
-
-def _gpu_resources():
-    global _GPU_RESOURCES
-    if _GPU_RESOURCES is None:
-        _GPU_RESOURCES = faiss.StandardGpuResources()
-    return _GPU_RESOURCES
-
-
-def _gpu_searcher(index: faiss.Index, kind: str, nprobe: int):
-    if kind == "ivf":
-        gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
-        faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
-        return gpu_index.search
-    # Clone the flat storage alone and map its row numbers to KB indices on the CPU:
-    # this does not depend on the GPU cloner's support for IndexIDMap2.
-    id_map = faiss.vector_to_array(index.id_map)
-    gpu_flat = faiss.index_cpu_to_gpu(_gpu_resources(), 0, faiss.downcast_index(index.index))
-
-    def search(queries: np.ndarray, k: int):
-        scores, positions = gpu_flat.search(queries, k)
-        return scores, np.where(positions >= 0, id_map[positions], -1)
-
-    return search
-
-
-# -- the stage -----------------------------------------------------------------------------
-
-@dataclass
-class IndexReport:
-    action: str  # built | synced | unchanged
-    reason: str  # why it was (re)built, or what sync did
-    kind: str
-    entities: int
-    dim: int
-    nlist: int | None
-    fingerprint: str
-    directory: str
-    encoder: dict
-    counts: SyncCounts = field(default_factory=SyncCounts)
-    problems: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def update_entity_index(entities: VectorSource | ItemVectors, directory: Path, settings: IndexSettings,
-                        logger=log, what: str = "entity index") -> IndexReport:
-    """Bring the index in ``directory`` up to date with ``entities``: nothing, a sync, or a rebuild.
-
-    ``entities``: the entity feature store's vectors (``ItemVectors``, under the CLIP rule) or any
-    ``VectorSource``. One writer at a time (a second run waits for the first); readers take no lock and see
-    either the previous or the new generation.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(directory / ".lock", logger,
-                        f"Another run is updating the {what} in {directory}; waiting for it to finish."):
-        return _update(as_source(entities), directory, settings, logger, what)
-
-
-def _update(source: VectorSource, directory: Path, settings: IndexSettings, logger, what: str) -> IndexReport:
-    started = time.perf_counter()
-    stored = _load_stored(directory, logger)
-    if stored is not None and source.fingerprint and stored.config.get("source_fingerprint") == source.fingerprint \
-            and _rebuild_reason(stored, source, settings, stored.config["entities"], 0) is None:
-        logger.info(f"Entity vectors unchanged (fingerprint {source.fingerprint[:12]}): keeping the stored {what}.")
-        return _report(stored, "unchanged", "entity vectors unchanged", directory, started,
-                       SyncCounts(unchanged=len(stored)))
-
-    scan = source.scan(stored)
-    changed = _changed_count(stored, scan) if stored is not None else 0
-    reason = _rebuild_reason(stored, source, settings, len(scan.keys), changed)
-    if reason is not None:
-        logger.info(f"Building the {what} from scratch: {reason}.")
-        index = EntityIndex.build(source, scan, settings)
-        index.save(directory)
-        return _report(index, "built", reason, directory, started, SyncCounts(added=len(index)))
-
-    problems_before = stored.problems
-    counts = stored.sync(source, scan)
-    if changed or stored.problems != problems_before:
-        stored.save(directory)
-    else:  # the same vectors from a re-written store: remember its fingerprint for the fast path
-        stored.commit_config(directory)
-    logger.info(f"The {what} synced: {counts.added} added, {counts.removed} removed, "
-                f"{counts.updated} updated, {counts.unchanged} unchanged.")
-    return _report(stored, "synced", "incremental update", directory, started, counts)
-
-
-def _load_stored(directory: Path, logger) -> EntityIndex | None:
-    if not (directory / CONFIG_NAME).is_file():
-        return None
-    try:
-        return EntityIndex.load(directory)
-    except MELUserError as error:
-        logger.warning(f"{error} Rebuilding it.")
-        return None
-
-
-def _changed_count(stored: EntityIndex, scan: EntityScan) -> int:
-    stored_keys, current = stored.keys, scan.keys
-    return len(stored_keys.keys() ^ current.keys()) + sum(
-        1 for i in stored_keys.keys() & current.keys() if stored_keys[i] != current[i])
-
-
-def _rebuild_reason(stored: EntityIndex | None, source: VectorSource, settings: IndexSettings,
-                    entities: int, changed: int) -> str | None:
-    """Why a sync would not give the index a rebuild gives (None: sync is enough)."""
-    if stored is None:
-        return "no usable index stored yet"
-    config = stored.config
-    if config.get("format") != INDEX_FORMAT:
-        return "the stored index was written by another version of this stage"
-    for key, value in source.identity.items():
-        if config.get(key) != value:
-            return _identity_change(key, config.get(key), value)
-    kind = settings.kind_for(entities)
-    if kind != stored.kind:
-        return f"the index kind changes from {stored.kind} to {kind} ({entities} entities)"
-    if kind == "ivf" and settings.nlist != config["nlist_setting"]:
-        return f"the nlist setting changed from {config['nlist_setting']} to {settings.nlist}"
-    since_training = config["changed_since_training"] + changed
-    if since_training > RETRAIN_FRACTION * config["trained_on"]["entities"]:
-        return (f"{since_training} entities changed since the index statistics were computed over "
-                f"{config['trained_on']['entities']} (more than {RETRAIN_FRACTION:.0%})")
-    return None
-
-
-def _identity_change(key: str, stored, current) -> str:
-    if key == "encoder":
-        return "the entity features come from another encoder than the stored index"
-    if key == "dim":
-        return f"the feature dimension changed from {stored} to {current}"
-    if key == "combination_version":
-        return "the stored index was written by another version of this stage"
-    return f"the {key.replace('_', ' ')} changed since the stored index was built"
-
-
-def _report(index: EntityIndex, action: str, reason: str, directory: Path, started: float,
-            counts: SyncCounts) -> IndexReport:
-    config = index.config
-    return IndexReport(action, reason, index.kind, len(index), config["dim"], config["nlist"],
-                       index.fingerprint, str(directory), config["encoder"], counts, index.problems,
-                       time.perf_counter() - started)

@@ -41,7 +41,6 @@ import numpy as np
 
 from pipeline.errors import MELUserError
 
-
 COMBINATION_RULE = (
     "concat(l2n(text), l2n(image) or l2n(kb_mean_image) when the entity has none) / sqrt(2); "
     "mention query: concat(l2n(text), l2n(image)) / sqrt(2), or concat(sqrt(2) * l2n(text), 0) without image"
