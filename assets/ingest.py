@@ -6,8 +6,15 @@ import dagster as dg
 
 from assets.metadata import markdown_table, table_metadata
 from assets.resources import DatasetResource, LakeResource, user_errors
-from pipeline.hashing import hash_strings, table_content_hash
-from pipeline.mimic import INGEST_VERSION, DatasetLayout, ingest_dataset
+from pipeline import catalog
+from pipeline.hashing import hash_strings
+from pipeline.ingest import (
+    INGEST_VERSION,
+    DatasetLayout,
+    IngestReport,
+    IngestSettings,
+    ingest_dataset,
+)
 
 GROUP = "ingest"
 
@@ -27,15 +34,15 @@ def dataset_files(lake: LakeResource, dataset: DatasetResource) -> dg.DataVersio
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "mentions", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
+            catalog.MENTIONS, group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
             description="One row per usable mention: split, text, image, gold QID and KB index (nil kept, flagged).",
         ),
         dg.AssetSpec(
-            "entities", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
+            catalog.ENTITIES, group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
             description="One row per usable KB entity: index, QID, name, description, usable image paths.",
         ),
         dg.AssetSpec(
-            "quarantine", group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
+            catalog.QUARANTINE, group_name=GROUP, kinds={"parquet"}, code_version=INGEST_VERSION, deps=["dataset_files"],
             description="Every record or image that could not be used, with file, record and reason.",
         ),
     ],
@@ -45,58 +52,39 @@ def mimic_dataset(context: dg.AssetExecutionContext, lake: LakeResource, dataset
     """Validate the dataset and write its tables; reuse them when no input file changed."""
     store = lake.lake()
     with user_errors():
-        report = ingest_dataset(dataset.locate(store, context.log), store, logger=context.log)
+        report = ingest_dataset(store, IngestSettings(dataset.locate(store, context.log)), logger=context.log)
     stats = report.stats
-    common = {
-        "fingerprint": report.fingerprint,
-        "reused_stored_output": report.reused,
-        "dataset_dir": dg.MetadataValue.path(stats["dataset_dir"]),
-    }
-    mentions = store.read_table("mentions")
-    yield dg.MaterializeResult(
-        asset_key="mentions",
-        data_version=_content_version(mentions),
-        metadata={
-            **table_metadata(mentions, store.table_path("mentions"),
-                             ["mention_id", "mention", "sentence", "gold_qid", "image_path"]),
-            **{key: stats[key] for key in ("mentions_train", "mentions_dev", "mentions_test",
-                                           "nil_train", "nil_dev", "nil_test", "mentions_without_image")},
-            **common,
-        },
-    )
-    entities = store.read_table("entities")
-    yield dg.MaterializeResult(
-        asset_key="entities",
-        data_version=_content_version(entities),
-        metadata={
-            **table_metadata(entities, store.table_path("entities"), ["kb_index", "qid", "name", "description"]),
-            "entities_without_image": stats["entities_without_image"],
-            **common,
-        },
-    )
-    quarantine = store.read_table("quarantine")
     by_reason = [{"reason": k, "rows": v} for k, v in stats["quarantine_by_reason"].items()]
-    yield dg.MaterializeResult(
-        asset_key="quarantine",
-        data_version=_content_version(quarantine),
+    yield _result(report, catalog.MENTIONS, ["mention_id", "mention", "sentence", "gold_qid", "image_path"], {
+        key: stats[key] for key in ("mentions_train", "mentions_dev", "mentions_test", "nil_train", "nil_dev",
+                                    "nil_test", "mentions_without_image")})
+    yield _result(report, catalog.ENTITIES, ["kb_index", "qid", "name", "description"],
+                  {"entities_without_image": stats["entities_without_image"]})
+    yield _result(report, catalog.QUARANTINE, ["file", "record_index", "reason_code", "reason", "action"], {
+        "records_dropped": stats["quarantined_records"],
+        "by_reason": dg.MetadataValue.md(markdown_table(by_reason))})
+
+
+def _result(report: IngestReport, name: str, preview_columns: list[str], figures: dict) -> dg.MaterializeResult:
+    """One table's materialization. Its data version is its own content: a KB-only change leaves `mentions`
+    (and all that depends on it) in sync."""
+    table = report.tables[name]
+    return dg.MaterializeResult(
+        asset_key=name,
+        data_version=dg.DataVersion(table.content_hash),
         metadata={
-            **table_metadata(quarantine, store.table_path("quarantine"),
-                             ["file", "record_index", "reason_code", "reason", "action"]),
-            "records_dropped": stats["quarantined_records"],
-            "by_reason": dg.MetadataValue.md(markdown_table(by_reason)),
-            **common,
+            **table_metadata(table, preview_columns),
+            **figures,
+            "fingerprint": report.fingerprint,
+            "reused_stored_output": report.reused,
+            "dataset_dir": dg.MetadataValue.path(report.stats["dataset_dir"]),
         },
     )
 
 
-def _content_version(table) -> dg.DataVersion:
-    """Each table's own content: a KB-only change leaves `mentions` (and all that depends on it) in sync."""
-    return dg.DataVersion(table_content_hash(table))
-
-
-@dg.asset_check(asset="quarantine", description="Warns when more than 5% of the records had to be dropped.")
+@dg.asset_check(asset=catalog.QUARANTINE, description="Warns when more than 5% of the records had to be dropped.")
 def quarantine_rate(lake: LakeResource) -> dg.AssetCheckResult:
-    stats = lake.lake().table_extra("mentions")
+    stats = lake.lake().table_extra(catalog.QUARANTINE)
     dropped = stats["quarantined_records"]
     total = dropped + stats["mentions"] + stats["entities"]
     rate = dropped / total if total else 0.0
@@ -110,7 +98,7 @@ def quarantine_rate(lake: LakeResource) -> dg.AssetCheckResult:
 
 refresh_job = dg.define_asset_job(
     "refresh_dataset",
-    selection=dg.AssetSelection.assets("mentions", "entities", "quarantine").downstream()
+    selection=dg.AssetSelection.assets(*catalog.INGEST_TABLES).downstream()
     - dg.AssetSelection.groups("linking") - dg.AssetSelection.assets("entity_feature_shards"),
     description="Re-ingest the dataset and bring every downstream asset up to date; "
     "each stage recomputes only what changed (entity_features encodes the changed entities itself: the KB "
@@ -120,7 +108,7 @@ refresh_job = dg.define_asset_job(
 
 kb_refresh_job = dg.define_asset_job(
     "refresh_kb",
-    selection=dg.AssetSelection.assets("mentions", "entities", "quarantine", "entity_features", "entity_index",
+    selection=dg.AssetSelection.assets(*catalog.INGEST_TABLES, catalog.ENTITY_FEATURES, "entity_index",
                                        "retrieval_index"),
     description="Re-ingest after a KB change (kb_entity.json, qid2id.json, kb_image/ or inbox/kb/ change files) "
     "and update the entity features and both indexes in place (the trained one encodes only the changed "

@@ -39,15 +39,26 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from bench.report import markdown_table, write_json  # noqa: E402
-from pipeline.demo import ensure_demo_dataset  # noqa: E402
-from pipeline.describe.backends import LLMConfig, make_backend  # noqa: E402
+from pipeline import catalog  # noqa: E402
+from pipeline.describe.backends import LLMSettings, make_backend  # noqa: E402
 from pipeline.describe.cache import ChoiceCache  # noqa: E402
 from pipeline.describe.measure import accuracy_rows, selection_accuracy  # noqa: E402
-from pipeline.describe.scoring import RULES, SCORING_RULE, OptionLikelihoods, OptionScores, choose  # noqa: E402
-from pipeline.describe.select import TABLE, gather_options, read_candidates, select_descriptions  # noqa: E402
+from pipeline.describe.scoring import (  # noqa: E402
+    RULES,
+    SCORING_RULE,
+    OptionLikelihoods,
+    OptionScores,
+    choose,
+)
+from pipeline.describe.select import (  # noqa: E402
+    gather_options,
+    read_candidates,
+    select_descriptions,
+)
+from pipeline.ingest import IngestSettings, ingest_dataset  # noqa: E402
 from pipeline.lake import Lake  # noqa: E402
-from pipeline.mimic import ingest_dataset  # noqa: E402
-from pipeline.wikidata.stage import WikidataSettings, build_wikidata_candidates  # noqa: E402
+from pipeline.wikidata import WikidataSettings, build_wikidata_candidates  # noqa: E402
+from synthetic.demo import ensure_demo_dataset  # noqa: E402
 
 
 def markdown(rows: list[dict]) -> str:
@@ -56,20 +67,20 @@ def markdown(rows: list[dict]) -> str:
 
 def prepare_lake(lake: Lake, limit: int | None) -> None:
     dataset = ensure_demo_dataset(lake.demo_dataset_dir)
-    ingest_dataset(dataset, lake)
+    ingest_dataset(lake, IngestSettings(dataset))
     if limit:
-        mentions = lake.read_table("mentions")
+        mentions = lake.read_table(catalog.MENTIONS)
         keep = pa.concat_tables([mentions.filter(pc.equal(mentions["split"], split)).slice(0, limit)
                                  for split in ("train", "dev", "test")])
-        lake.write_table("mentions", keep, f"{lake.table_fingerprint('mentions')}-first-{limit}")
+        lake.write_table(catalog.MENTIONS, keep, f"{lake.table_fingerprint(catalog.MENTIONS)}-first-{limit}")
     dump = next((dataset / "wikidata").glob("*.json*"))
     build_wikidata_candidates(lake, WikidataSettings(source="dump", dump_path=str(dump)))
 
 
 def rule_comparison(lake: Lake) -> list[dict]:
     """LLM accuracy under each scoring rule, recomputed from the raw scores in the choice cache."""
-    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
-    with ChoiceCache(lake.duckdb_path("llm_choices")) as cache:
+    options, _ = gather_options(lake.read_table(catalog.MENTIONS), read_candidates(lake))
+    with ChoiceCache(lake.duckdb_path(catalog.LLM_CHOICES_CACHE)) as cache:
         with cache.connect() as con:
             rows = con.execute("SELECT prompt, logprob_sums, baseline_sums, token_counts FROM choices").fetchall()
     by_prompt = {prompt: OptionScores(list(s), list(b), list(n)) for prompt, s, b, n in rows}
@@ -87,7 +98,7 @@ def rule_comparison(lake: Lake) -> list[dict]:
 
 
 def lake_prompts(lake: Lake) -> list:
-    options, _ = gather_options(lake.read_table("mentions"), read_candidates(lake))
+    options, _ = gather_options(lake.read_table(catalog.MENTIONS), read_candidates(lake))
     return [item.prompt for item in options if item.prompt is not None]
 
 
@@ -154,7 +165,7 @@ def previous_scorer_agreement(backend, prompts: list, lake: Lake) -> dict:
     """Every prompt scored again with the previous scorer (and its baselines): the stage's choices?"""
     from pipeline.describe.scoring import score_prompts
 
-    with ChoiceCache(lake.duckdb_path("llm_choices")) as cache, cache.connect() as con:
+    with ChoiceCache(lake.duckdb_path(catalog.LLM_CHOICES_CACHE)) as cache, cache.connect() as con:
         in_use = {prompt: (index, list(sums)) for prompt, index, sums in
                   con.execute("SELECT prompt, chosen_index, logprob_sums FROM choices").fetchall()}
     memo, same, drift = {}, 0, 0.0
@@ -214,7 +225,10 @@ def score_kv_reuse(model, prompts, pad_id) -> list[OptionLikelihoods]:
 
 def tokens_through(name: str, encoded) -> int:
     if name.startswith("token trie"):
-        from pipeline.describe.transformers_backend import PromptTree, shared_prefix_length
+        from pipeline.describe.transformers_backend import (
+            PromptTree,
+            shared_prefix_length,
+        )
 
         shared = shared_prefix_length(encoded)
         return shared + sum(len(PromptTree.of(e, shared).tokens) for e in encoded)
@@ -277,14 +291,14 @@ def main() -> int:
     started = time.perf_counter()
     prepare_lake(lake, args.limit)
     print(f"prepared the demo lake in {time.perf_counter() - started:.1f} s", flush=True)
-    config = LLMConfig(backend=args.backend, model_path=args.model_path, vllm_python=args.vllm_python,
-                       dtype=args.dtype, batch_size=args.batch_size, max_model_len=1024,
-                       vllm_enforce_eager=args.enforce_eager)
+    settings = LLMSettings(backend=args.backend, model_path=args.model_path, vllm_python=args.vllm_python,
+                           dtype=args.dtype, batch_size=args.batch_size, max_model_len=1024,
+                           vllm_enforce_eager=args.enforce_eager)
     started = time.perf_counter()
-    report = select_descriptions(lake, config, force=True)
+    report = select_descriptions(lake, settings, force=True)
     wall = time.perf_counter() - started
     stats = report.stats
-    table = lake.read_table(TABLE)
+    table = report.tables[catalog.MENTION_DESCRIPTIONS]
     print(f"\n## {platform.node()} ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}), "
           f"backend {stats['backend']}, model {stats['model']}\n")
     print(markdown(accuracy_rows(stats["accuracy"])))
@@ -301,7 +315,7 @@ def main() -> int:
                    "prompts_scored", "model_load_seconds", "scoring_seconds", "prompts_per_second")},
                    "wall s": round(wall, 1)}]}]
     if (args.speeds or args.compare_previous) and args.backend == "transformers":
-        backend = make_backend(config)  # one model for the measurements side by side
+        backend = make_backend(settings)  # one model for the measurements side by side
         backend.ensure_loaded()
         prompts = lake_prompts(lake)
         if args.speeds:

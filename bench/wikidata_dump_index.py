@@ -109,7 +109,7 @@ def parse_comparison() -> list[list[str]]:
     the ~10 KB of statements that real dump lines average (1.4 TB / 110 M entities ≈ 13 KB)."""
     import timeit
 
-    from pipeline.wikidata.dump import parse_entity
+    from pipeline.wikidata.dump_read import parse_entity
 
     rng = random.Random(0)
     tails = claims_pool(rng, 50)
@@ -133,12 +133,12 @@ def index_in_subprocess(dump: Path, workdir: Path, full_parse: bool, memory_limi
 
 def child(dump: Path, workdir: Path, full_parse: bool, memory_limit: str) -> None:
     """Runs in a fresh process: build the index, search it, print figures as one JSON line."""
-    import pipeline.wikidata.dump as dump_module
+    import pipeline.wikidata.dump_build as build_module
     from pipeline.wikidata import DumpIndex, LookupCache
 
     if full_parse:
-        dump_module.parse_entity = json.loads
-    dump_module.INDEX_MEMORY_LIMIT = memory_limit
+        build_module.parse_entity = json.loads  # the name the build's loop looks up
+    build_module.INDEX_MEMORY_LIMIT = memory_limit
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tag = ("full" if full_parse else "partial") + f"-{memory_limit}"
     cache_path, index_dir = workdir / f"cache-{dump.stem}-{tag}.duckdb", workdir / f"index-{dump.stem}-{tag}"

@@ -6,6 +6,7 @@ from assets import ingest
 from assets.definitions import defs
 from assets.resources import DatasetResource, LakeResource
 from tests.conftest import write_image
+from tests.conftest import metadata_of
 
 
 def materialize(dataset_dir, lake_root, instance):
@@ -15,12 +16,6 @@ def materialize(dataset_dir, lake_root, instance):
         resources={"lake": LakeResource(root=str(lake_root)), "dataset": DatasetResource(dataset_dir=str(dataset_dir))},
         raise_on_error=False,
     )
-
-
-def metadata_of(result, key):
-    events = result.asset_materializations_for_node("mimic_dataset")
-    [event] = [e for e in events if e.asset_key.path == [key]]
-    return {name: value.value for name, value in event.metadata.items()}
 
 
 def log_messages(instance, run_id):

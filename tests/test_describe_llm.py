@@ -14,18 +14,20 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.describe.backends import ChoiceBackend, LLMConfig, hf_folder, locate_model, make_backend
+from pipeline.describe.backends import ChoiceBackend, LLMSettings, make_backend
 from pipeline.describe.cache import ChoiceCache
 from pipeline.describe.prompts import build_prompt, encode_prompt, render_chat
 from pipeline.describe.scoring import choose
-from pipeline.describe.select import TABLE, select_descriptions
-from pipeline.describe.transformers_backend import score_batch, score_grouped, score_one_by_one
+from pipeline.describe.select import select_descriptions
+from pipeline.describe.transformers_backend import (
+    score_batch,
+    score_grouped,
+    score_one_by_one,
+)
 from pipeline.errors import MELUserError
-from pipeline.mimic import ingest_dataset
-
-CANDIDATE_SCHEMA = pa.schema([("mention_id", pa.string()), ("search", pa.string()), ("rank", pa.int32()),
-                              ("qid", pa.string()), ("label", pa.string()), ("description", pa.string()),
-                              ("match", pa.string()), ("source", pa.string())])
+from pipeline.ingest import IngestSettings, ingest_dataset
+from pipeline.wikidata import CANDIDATES_SCHEMA
+from tests.conftest import candidate_rows
 
 RECORDED_CHOICES = Path(__file__).parent / "fixtures" / "describe_choices.json"
 EASY = [
@@ -37,28 +39,15 @@ EASY = [
 
 
 @pytest.fixture(scope="session")
-def smol_folder(request, tmp_path_factory) -> Path:
-    """The bundled GGUF as an HF folder, kept in pytest's cache (a temporary folder without one)."""
-    cache = getattr(request.config, "cache", None)
-    export_root = cache.mkdir("describe-models") if cache else tmp_path_factory.mktemp("describe-models")
-    return hf_folder(locate_model(LLMConfig()), export_root, "transformers")
-
-
-@pytest.fixture(scope="session")
 def smol(smol_folder):
-    backend = make_backend(LLMConfig(model_path=str(smol_folder)))
+    backend = make_backend(LLMSettings(model_path=str(smol_folder)))
     backend.ensure_loaded()
     return backend
 
 
-def candidate_rows(mention_id: str, hits: list[tuple[str, str | None]]) -> list[dict]:
-    return [dict(mention_id=mention_id, search="jordan", rank=rank, qid=qid, label="Jordan", description=text,
-                 match="label", source="test") for rank, (qid, text) in enumerate(hits)]
-
-
 def write_inputs(dataset, lake, candidates: list[dict]) -> None:
-    ingest_dataset(dataset.write(), lake)
-    lake.write_table("wikidata_candidates", pa.Table.from_pylist(candidates, schema=CANDIDATE_SCHEMA), "test")
+    ingest_dataset(lake, IngestSettings(dataset.write()))
+    lake.write_table("wikidata_candidates", pa.Table.from_pylist(candidates, schema=CANDIDATES_SCHEMA), "test")
 
 
 class FailsOnBatch(ChoiceBackend):
@@ -87,8 +76,8 @@ def test_both_backends_load_the_same_folder_and_encode_identical_tokens(smol, sm
     from transformers import AutoTokenizer
 
     export_root = str(smol_folder.parent)  # where the session exported the bundled GGUF
-    vllm = make_backend(LLMConfig(backend="vllm", export_dir=export_root))  # resolving needs no vLLM
-    transformers = make_backend(LLMConfig(backend="transformers", export_dir=export_root))
+    vllm = make_backend(LLMSettings(backend="vllm", export_dir=export_root))  # resolving needs no vLLM
+    transformers = make_backend(LLMSettings(backend="transformers", export_dir=export_root))
     prompt = build_prompt(*EASY[0][:3])
 
     assert vllm.model_folder() == transformers.model_folder() == smol_folder
@@ -159,9 +148,9 @@ def test_stage_writes_one_row_per_mention_and_counts_mentions_without_candidates
         *candidate_rows("dev:20", [("Q5", None)]),  # only a candidate without description
     ])  # test:30 has no candidate at all
 
-    report = select_descriptions(lake, LLMConfig(model_path=str(smol_folder)), backend=smol)
+    report = select_descriptions(lake, LLMSettings(model_path=str(smol_folder)), backend=smol)
 
-    rows = {row["mention_id"]: row for row in lake.read_table(TABLE).to_pylist()}
+    rows = {row["mention_id"]: row for row in lake.read_table("mention_descriptions").to_pylist()}
     assert set(rows) == {"train:10", "dev:20", "test:30"}
     assert rows["train:10"]["status"] in ("chosen", "none_of_these") and rows["train:10"]["num_options"] == 2
     assert 0 < rows["train:10"]["score"] <= 1 and rows["train:10"]["backend"] == "transformers"
@@ -170,34 +159,35 @@ def test_stage_writes_one_row_per_mention_and_counts_mentions_without_candidates
         assert rows[mention_id]["chosen_qid"] is None and rows[mention_id]["description"] is None
     assert report.stats["no_candidates"] == 2 and report.stats["candidates_without_description"] == 2
     assert report.stats["llm_calls"] == 1 and report.stats["accuracy"]["all"]["scored_mentions"] == 1
+    assert report.tables["mention_descriptions"].num_rows == 3 and not report.reused
 
 
 def test_second_run_makes_no_llm_call_and_loads_no_model(dataset, lake, smol_folder):
     write_inputs(dataset, lake, candidate_rows("train:10", [("Q41421", "American basketball player"),
                                                             ("Q810", "country in Western Asia")]))
-    config = LLMConfig(model_path=str(smol_folder))
-    select_descriptions(lake, config)
-    first_table = lake.read_table(TABLE)
+    settings = LLMSettings(model_path=str(smol_folder))
+    select_descriptions(lake, settings)
+    first_table = lake.read_table("mention_descriptions")
 
-    reused = select_descriptions(lake, config)
-    backend = make_backend(config)
-    recomputed = select_descriptions(lake, config, backend=backend, force=True)
+    reused = select_descriptions(lake, settings)
+    backend = make_backend(settings)
+    recomputed = select_descriptions(lake, settings, backend=backend, force=True)
 
     assert reused.reused and reused.stats["llm_calls"] == 0
     assert not recomputed.reused and recomputed.stats["cache_hits"] == 1
     assert recomputed.stats["llm_calls"] == 0 and backend.calls == 0 and not backend.loaded
-    assert lake.read_table(TABLE).equals(first_table)
+    assert lake.read_table("mention_descriptions").equals(first_table)
 
 
 def test_changed_candidates_recompute_only_the_new_prompts(dataset, lake, smol_folder, smol):
     write_inputs(dataset, lake, candidate_rows("train:10", [("Q41421", "American basketball player")]))
-    config = LLMConfig(model_path=str(smol_folder))
-    select_descriptions(lake, config, backend=smol)
+    settings = LLMSettings(model_path=str(smol_folder))
+    select_descriptions(lake, settings, backend=smol)
     lake.write_table("wikidata_candidates", pa.Table.from_pylist(
         candidate_rows("train:10", [("Q41421", "American basketball player")])
-        + candidate_rows("dev:20", [("Q810", "country in Western Asia")]), schema=CANDIDATE_SCHEMA), "test")
+        + candidate_rows("dev:20", [("Q810", "country in Western Asia")]), schema=CANDIDATES_SCHEMA), "test")
 
-    second = select_descriptions(lake, config, backend=smol)
+    second = select_descriptions(lake, settings, backend=smol)
 
     assert not second.reused and second.stats["cache_hits"] == 1 and second.stats["prompts_scored"] == 1
 
@@ -208,18 +198,18 @@ def test_a_crash_mid_run_keeps_the_finished_batches(dataset, lake, smol_folder, 
         *candidate_rows("train:10", [("Q41421", "American basketball player"), ("Q810", "country")]),
         *candidate_rows("dev:20", [("Q810", "country in Western Asia"), ("Q41421", "basketball player")]),
     ])
-    config = LLMConfig(model_path=str(smol_folder), batch_size=1)
+    settings = LLMSettings(model_path=str(smol_folder), batch_size=1)
 
     with pytest.raises(RuntimeError, match="worker lost"):
-        select_descriptions(lake, config, backend=FailsOnBatch(smol, failing_call=2))
+        select_descriptions(lake, settings, backend=FailsOnBatch(smol, failing_call=2))
     with ChoiceCache(lake.duckdb_path("llm_choices")) as cache:
         kept = cache.count()
-    table_written = lake.has_table(TABLE)
-    resumed = select_descriptions(lake, config, backend=smol)
+    table_written = lake.has_table("mention_descriptions")
+    resumed = select_descriptions(lake, settings, backend=smol)
 
     assert kept == 1 and not table_written
     assert resumed.stats["cache_hits"] == 1 and resumed.stats["prompts_scored"] == 1
-    assert lake.read_table(TABLE).num_rows == 3
+    assert lake.read_table("mention_descriptions").num_rows == 3
 
 
 def test_a_model_that_fails_to_load_is_one_sentence_naming_backend_and_path(tmp_path):
@@ -227,7 +217,7 @@ def test_a_model_that_fails_to_load_is_one_sentence_naming_backend_and_path(tmp_
     broken.mkdir()
     (broken / "config.json").write_text("{ not json")
 
-    backend = make_backend(LLMConfig(model_path=str(broken)))
+    backend = make_backend(LLMSettings(model_path=str(broken)))
     with pytest.raises(MELUserError) as raised:
         backend.ensure_loaded()
 
@@ -238,7 +228,7 @@ def test_a_model_that_fails_to_load_is_one_sentence_naming_backend_and_path(tmp_
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_backend_without_vllm_says_how_to_get_it(smol_folder):
-    backend = make_backend(LLMConfig(backend="vllm", model_path=str(smol_folder)))
+    backend = make_backend(LLMSettings(backend="vllm", model_path=str(smol_folder)))
 
     with pytest.raises(MELUserError, match=f"The vllm backend could not load model {smol_folder}: vLLM is not installed"):
         backend.ensure_loaded()
@@ -247,7 +237,7 @@ def test_vllm_backend_without_vllm_says_how_to_get_it(smol_folder):
 @pytest.mark.skipif(not os.environ.get("MEL_VLLM_PYTHON"), reason="set MEL_VLLM_PYTHON to a Python with vLLM")
 def test_vllm_worker_scores_like_transformers(smol, smol_folder):
     prompts = [build_prompt(m, s, options) for m, s, options, _ in EASY]
-    vllm = make_backend(LLMConfig(backend="vllm", model_path=str(smol_folder), dtype="float32", max_model_len=1024,
+    vllm = make_backend(LLMSettings(backend="vllm", model_path=str(smol_folder), dtype="float32", max_model_len=1024,
                                   vllm_python=os.environ["MEL_VLLM_PYTHON"], vllm_enforce_eager=True))
     try:
         from_vllm = vllm.score(prompts)

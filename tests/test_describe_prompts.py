@@ -6,10 +6,16 @@ import textwrap
 
 import pytest
 
-from pipeline.describe.backends import LLMConfig, locate_model
+from pipeline.describe.backends import LLMSettings, locate_model
 from pipeline.describe.cache import ChoiceCache, choice_key
-from pipeline.describe.prompts import (MAX_DESCRIPTION_CHARS, MAX_SENTENCE_CHARS, NO_SENTENCE, NONE_OF_THESE,
-                                       Prompt, build_prompt)
+from pipeline.describe.prompts import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_SENTENCE_CHARS,
+    NO_SENTENCE,
+    NONE_OF_THESE,
+    Prompt,
+    build_prompt,
+)
 from pipeline.describe.scoring import RULES, OptionScores, choose
 from pipeline.errors import MELUserError
 
@@ -141,12 +147,12 @@ def test_a_missing_model_path_names_backend_and_path(tmp_path):
 
     for backend in ("transformers", "vllm"):
         with pytest.raises(MELUserError) as raised:
-            locate_model(LLMConfig(backend=backend, model_path=str(missing)))
+            locate_model(LLMSettings(backend=backend, model_path=str(missing)))
         assert str(raised.value) == f"The {backend} backend cannot load model {missing}: no such file or folder."
 
 
 def test_unknown_backend_and_bad_batch_size_are_named():
     with pytest.raises(MELUserError, match="backend 'llama' is not one of transformers, vllm"):
-        LLMConfig(backend="llama")
+        LLMSettings(backend="llama")
     with pytest.raises(MELUserError, match="batch_size must be at least 1"):
-        LLMConfig(batch_size=0)
+        LLMSettings(batch_size=0)

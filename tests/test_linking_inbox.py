@@ -6,8 +6,8 @@ import time
 import pytest
 
 from pipeline.errors import MELUserError
+from pipeline.ingest import IngestSettings, ingest_dataset
 from pipeline.linking import list_inbox, read_inbox_file
-from pipeline.mimic import ingest_dataset
 
 
 def test_names_that_cannot_be_partition_keys_are_listed_with_the_reason(dataset):
@@ -25,7 +25,7 @@ def test_names_that_cannot_be_partition_keys_are_listed_with_the_reason(dataset)
 
 
 def test_an_answer_outside_the_kb_or_none_at_all_leaves_the_mention_linkable_but_unscored(dataset, lake):
-    ingest_dataset(dataset.write(), lake)
+    ingest_dataset(lake, IngestSettings(dataset.write()))
     inbox = dataset.root / "inbox"
     inbox.mkdir()
     (inbox / "new.json").write_text(json.dumps([
@@ -47,7 +47,7 @@ def test_an_answer_outside_the_kb_or_none_at_all_leaves_the_mention_linkable_but
 
 
 def test_a_file_that_holds_no_records_is_one_sentence(dataset, lake):
-    ingest_dataset(dataset.write(), lake)
+    ingest_dataset(lake, IngestSettings(dataset.write()))
     (dataset.root / "inbox").mkdir()
     (dataset.root / "inbox" / "empty.json").write_text("not json at all")
 

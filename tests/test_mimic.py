@@ -5,12 +5,13 @@ import json
 import pytest
 
 from pipeline.errors import MELUserError
-from pipeline.mimic import ingest_dataset
+from pipeline.hashing import table_content_hash
+from pipeline.ingest import IngestSettings, ingest_dataset
 from tests.conftest import write_image
 
 
-def ingest(dataset, lake, **kwargs):
-    report = ingest_dataset(dataset.write(), lake, **kwargs)
+def ingest(dataset, lake):
+    report = ingest_dataset(lake, IngestSettings(dataset.write()))
     mentions = {row["mention_id"]: row for row in lake.read_table("mentions").to_pylist()}
     quarantine = lake.read_table("quarantine").to_pylist()
     return report, mentions, quarantine
@@ -51,7 +52,7 @@ def test_string_ids_quoted_mentions_and_renamed_images(dataset, lake):
     dataset.write()
     dataset.splits["train"][0].update(id="WD_7", mentions="Jordan%20River", imgPath="7.png")
     write_image(dataset.root / "mention_images" / "7.jpg")  # converted to JPEG, name kept
-    ingest_dataset(dataset.write_json(), lake)
+    ingest_dataset(lake, IngestSettings(dataset.write_json()))
 
     mentions = {row["mention_id"]: row for row in lake.read_table("mentions").to_pylist()}
     quarantine = lake.read_table("quarantine").to_pylist()
@@ -89,7 +90,7 @@ def test_malformed_json_costs_only_the_broken_record(dataset, lake):
     other = json.dumps({**dataset.splits["train"][0], "id": 12})
     (dataset.root / "WIKIMEL_train.json").write_text(f'[{good},\n{{"id": 11, "sentence": oops}},\n{other}]')
 
-    report = ingest_dataset(dataset.root, lake)
+    report = ingest_dataset(lake, IngestSettings(dataset.root))
 
     mentions = lake.read_table("mentions").column("mention_id").to_pylist()
     assert "train:10" in mentions and "train:12" in mentions
@@ -106,7 +107,7 @@ def test_truncated_file_keeps_the_complete_records(dataset, lake):
     (dataset.root / "WIKIMEL_train.json").write_text(records[: len(records) - 20])
     assert text  # the valid file existed before it was cut
 
-    ingest_dataset(dataset.root, lake)
+    ingest_dataset(lake, IngestSettings(dataset.root))
 
     assert "train:10" in lake.read_table("mentions").column("mention_id").to_pylist()
     row = only_row(lake.read_table("quarantine").to_pylist(), reason_code="malformed_json")
@@ -151,20 +152,17 @@ def test_an_empty_sentence_is_kept_with_its_mention_text(dataset, lake):
     assert report.stats["quarantined_records"] == 0
 
 
-def test_gold_qid_not_in_kb(dataset, lake):
-    dataset.splits["test"][0]["answer"] = "Q999"
+@pytest.mark.parametrize("split, field, value, mention_id, reason_code", [
+    ("test", "answer", "Q999", "test:30", "unknown_gold_qid"),  # gold QID not in the KB
+    ("dev", "imgPath", "../../etc/passwd", "dev:20", "path_escape"),  # image path escaping the dataset
+])
+def test_a_gold_qid_outside_the_kb_or_an_escaping_image_path_drops_the_record(
+        dataset, lake, split, field, value, mention_id, reason_code):
+    dataset.splits[split][0][field] = value
     _, mentions, quarantine = ingest(dataset, lake)
-    assert "test:30" not in mentions
-    row = only_row(quarantine, reason_code="unknown_gold_qid")
-    assert "Q999" in row["reason"] and row["field"] == "answer"
-
-
-def test_image_path_escaping_the_dataset(dataset, lake):
-    dataset.splits["dev"][0]["imgPath"] = "../../etc/passwd"
-    _, mentions, quarantine = ingest(dataset, lake)
-    assert "dev:20" not in mentions
-    row = only_row(quarantine, reason_code="path_escape")
-    assert "../../etc/passwd" in row["reason"] and row["action"] == "dropped"
+    assert mention_id not in mentions
+    row = only_row(quarantine, reason_code=reason_code)
+    assert value in row["reason"] and row["field"] == field and row["action"] == "dropped"
 
 
 def test_kb_image_path_escaping_drops_the_entity_and_its_mentions(dataset, lake):
@@ -179,7 +177,7 @@ def test_corrupt_or_missing_image_keeps_the_mention_as_text_only(dataset, lake):
     dataset.write()
     (dataset.root / "mention_image" / "10.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     dataset.splits["dev"][0]["imgPath"] = "does_not_exist.jpg"
-    ingest_dataset(dataset.write_json(), lake)
+    ingest_dataset(lake, IngestSettings(dataset.write_json()))
 
     mentions = {row["mention_id"]: row for row in lake.read_table("mentions").to_pylist()}
     quarantine = lake.read_table("quarantine").to_pylist()
@@ -197,7 +195,7 @@ def test_truncated_jpeg_is_reported(dataset, lake):
     write_image(path, size=(256, 256))
     path.write_bytes(path.read_bytes()[:400])
 
-    ingest_dataset(dataset.root, lake)
+    ingest_dataset(lake, IngestSettings(dataset.root))
 
     row = only_row(lake.read_table("quarantine").to_pylist(), reason_code="bad_image")
     assert row["file"] == "kb_entity.json" and row["action"] == "ignored"
@@ -219,7 +217,7 @@ def test_non_utf8_text(dataset, lake):
     raw = json.dumps(dataset.splits["test"]).encode().replace(b"expanding", b"expand\xe9ng")
     (dataset.root / "WIKIMEL_test.json").write_bytes(raw)
 
-    ingest_dataset(dataset.root, lake)
+    ingest_dataset(lake, IngestSettings(dataset.root))
 
     row = only_row(lake.read_table("quarantine").to_pylist(), reason_code="non_utf8")
     assert (row["file"], row["field"]) == ("WIKIMEL_test.json", "sentence")
@@ -231,38 +229,38 @@ def test_non_utf8_text(dataset, lake):
 
 def test_missing_dataset_directory(tmp_path, lake):
     with pytest.raises(MELUserError, match=r"The dataset directory .*nowhere does not exist\."):
-        ingest_dataset(tmp_path / "nowhere", lake)
+        ingest_dataset(lake, IngestSettings(tmp_path / "nowhere"))
 
 
 def test_missing_required_file(dataset, lake):
     dataset.write()
     (dataset.root / "kb_entity.json").unlink()
     with pytest.raises(MELUserError, match=r"The dataset is missing .*kb_entity\.json\."):
-        ingest_dataset(dataset.root, lake)
+        ingest_dataset(lake, IngestSettings(dataset.root))
 
 
 def test_missing_split_file(dataset, lake):
     dataset.write()
     (dataset.root / "WIKIMEL_dev.json").unlink()
     with pytest.raises(MELUserError, match=r"has no \*_dev\.json file"):
-        ingest_dataset(dataset.root, lake)
+        ingest_dataset(lake, IngestSettings(dataset.root))
 
 
 def test_unreadable_qid2id(dataset, lake):
     dataset.write()
     (dataset.root / "qid2id.json").write_text('{"Q1": 2')
     with pytest.raises(MELUserError, match=r"qid2id\.json cannot be read"):
-        ingest_dataset(dataset.root, lake)
+        ingest_dataset(lake, IngestSettings(dataset.root))
 
 
 # -- reuse by content hash -----------------------------------------------------------------
 
 
 def test_unchanged_inputs_reuse_the_stored_tables(dataset, lake):
-    first = ingest_dataset(dataset.write(), lake)
+    first = ingest_dataset(lake, IngestSettings(dataset.write()))
     written = lake.table_path("mentions").stat().st_mtime_ns
 
-    second = ingest_dataset(dataset.root, lake)
+    second = ingest_dataset(lake, IngestSettings(dataset.root))
 
     assert (first.reused, second.reused) == (False, True)
     assert second.fingerprint == first.fingerprint
@@ -270,17 +268,31 @@ def test_unchanged_inputs_reuse_the_stored_tables(dataset, lake):
 
 
 def test_touched_but_identical_files_are_still_reused(dataset, lake):
-    ingest_dataset(dataset.write(), lake)
+    ingest_dataset(lake, IngestSettings(dataset.write()))
     kb = dataset.root / "kb_entity.json"
     kb.write_bytes(kb.read_bytes())  # new mtime, same content
-    assert ingest_dataset(dataset.root, lake).reused
+    assert ingest_dataset(lake, IngestSettings(dataset.root)).reused
+
+
+def test_the_report_describes_the_tables_it_wrote(dataset, lake):
+    first = ingest_dataset(lake, IngestSettings(dataset.write()))
+    reused = ingest_dataset(lake, IngestSettings(dataset.root))
+
+    for report in (first, reused):
+        assert set(report.tables) == {"mentions", "entities", "quarantine"}
+        mentions = report.tables["mentions"]
+        assert mentions.path == lake.table_path("mentions") and mentions.num_rows == 3
+        assert mentions.content_hash == table_content_hash(lake.read_table("mentions"))
+        assert mentions.fingerprint == report.fingerprint and mentions.head[0]["mention_id"] == "train:10"
+    forced = ingest_dataset(lake, IngestSettings(dataset.root, force=True))
+    assert not forced.reused and forced.tables["entities"].content_hash == first.tables["entities"].content_hash
 
 
 def test_changed_content_is_ingested_again(dataset, lake):
-    first = ingest_dataset(dataset.write(), lake)
+    first = ingest_dataset(lake, IngestSettings(dataset.write()))
     write_image(dataset.root / "mention_image" / "20.jpg", color=(0, 255, 0))
 
-    second = ingest_dataset(dataset.root, lake)
+    second = ingest_dataset(lake, IngestSettings(dataset.root))
 
     assert not second.reused and second.fingerprint != first.fingerprint
 

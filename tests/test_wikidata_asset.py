@@ -1,14 +1,21 @@
 """The `wikidata_candidates` asset, materialized through Dagster on a tiny dataset."""
 
+import dataclasses
+
 import dagster as dg
 import pytest
 
 from assets import ingest
 from assets.resources import DatasetResource, LakeResource
-from assets.wikidata import WikidataResource, wikidata_candidates, wikidata_lookup_failures
+from assets.wikidata import (
+    WikidataResource,
+    wikidata_candidates,
+    wikidata_lookup_failures,
+)
 from pipeline.lake import Lake
-from tests.test_wikidata_api import LocalWikidata, Reply
-from tests.test_wikidata_dump import item, write_dump
+from pipeline.wikidata import WikidataSettings, default_user_agent
+from tests.wikidata_fakes import LocalWikidata, Reply, item, write_dump
+from tests.conftest import failure_message, metadata_of
 
 DUMP_ENTITIES = [
     item("Q1", "Universe", "totality of space and time"),
@@ -34,16 +41,6 @@ def materialize(dataset_dir, lake_root, instance, wikidata: WikidataResource, wi
     )
 
 
-def metadata_of(result) -> dict:
-    [event] = result.asset_materializations_for_node("wikidata_candidates")
-    return {name: value.value for name, value in event.metadata.items()}
-
-
-def failure_message(result) -> str:
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    return failure.step_failure_data.error.message
-
-
 def test_candidates_come_from_the_dump_the_dataset_carries(dataset, tmp_path):
     dataset.write()
     write_dump(dataset.root / "wikidata" / "wikidata-tiny.json.gz", DUMP_ENTITIES)
@@ -52,7 +49,7 @@ def test_candidates_come_from_the_dump_the_dataset_carries(dataset, tmp_path):
         result = materialize(dataset.root, tmp_path / "lake", instance, WikidataResource())
 
     assert result.success
-    metadata = metadata_of(result)
+    metadata = metadata_of(result, "wikidata_candidates")
     assert metadata["source"] == "dump" and metadata["source_location"].endswith("wikidata-tiny.json.gz")
     assert metadata["mentions"] == 3 and metadata["mentions_with_candidates"] == 3
     assert metadata["mentions_without_candidates"] == 0
@@ -74,7 +71,7 @@ def test_a_mention_without_a_mention_string_is_an_empty_search_not_a_failure(dat
     with dg.instance_for_test() as instance:
         result = materialize(dataset.root, tmp_path / "lake", instance, WikidataResource())
 
-    metadata = metadata_of(result)
+    metadata = metadata_of(result, "wikidata_candidates")
     assert result.success and metadata["mentions"] == 3
     assert metadata["mentions_empty_search"] == 1 and metadata["mentions_failed_lookup"] == 0
     [check] = result.get_asset_check_evaluations()
@@ -89,7 +86,7 @@ def test_a_second_materialization_reuses_the_tables_without_reading_the_dump(dat
         first = materialize(dataset.root, tmp_path / "lake", instance, WikidataResource())
         second = materialize(dataset.root, tmp_path / "lake", instance, WikidataResource())
 
-    before, after = metadata_of(first), metadata_of(second)
+    before, after = metadata_of(first, "wikidata_candidates"), metadata_of(second, "wikidata_candidates")
     assert after["reused_stored_output"] is True and after["dump_lines_read"] == 0
     assert (before["cache_hit_rate"], after["cache_hit_rate"]) == (0.0, 1.0)  # cold, then nothing to look up
     assert after["dagster/row_count"] == before["dagster/row_count"]
@@ -106,7 +103,7 @@ def test_the_dump_named_by_the_environment_is_used(dataset, tmp_path, monkeypatc
     with dg.instance_for_test() as instance:
         result = materialize(dataset.root, tmp_path / "lake", instance, WikidataResource(source="dump"))
 
-    assert result.success and metadata_of(result)["source_location"] == str(dump)
+    assert result.success and metadata_of(result, "wikidata_candidates")["source_location"] == str(dump)
 
 
 def test_the_api_source_finishes_despite_a_failed_lookup_and_the_next_run_retries_only_it(dataset, tmp_path):
@@ -121,7 +118,7 @@ def test_the_api_source_finishes_despite_a_failed_lookup_and_the_next_run_retrie
         second_searches = server.searched()[searched_in_first_run:]
 
     assert first.success
-    before, after = metadata_of(first), metadata_of(second)
+    before, after = metadata_of(first, "wikidata_candidates"), metadata_of(second, "wikidata_candidates")
     assert before["failures"] == 1 and before["mentions_failed_lookup"] == 1
     assert "http_503" in before["failures_by_reason"]
     assert "universe" in before["failures_preview"]
@@ -141,6 +138,25 @@ def test_a_dump_source_without_a_dump_fails_with_one_sentence(dataset, tmp_path)
 
     assert not result.success
     assert "no dump is configured; set `dump_path`" in failure_message(result)
+
+
+def test_a_bad_setting_fails_naming_the_resource_and_the_setting(dataset, tmp_path):
+    dataset.write()
+
+    with dg.instance_for_test() as instance:
+        result = materialize(dataset.root, tmp_path / "lake", instance, WikidataResource(language="English"))
+
+    assert not result.success
+    assert "WikidataResource.language 'English' is not a WikiData language code such as 'en'." in (
+        failure_message(result))
+
+
+def test_the_resource_holds_the_settings_with_their_defaults_and_documentation():
+    fields = WikidataResource.model_fields
+    assert list(fields) == [field.name for field in dataclasses.fields(WikidataSettings)]
+    assert WikidataResource().user_agent == default_user_agent() and WikidataResource().max_candidates == 10
+    assert fields["dump_path"].description == "A WikiData JSON dump (.json, .json.gz or .json.bz2)."
+    assert WikidataResource(source="api", max_retries=0).settings() == WikidataSettings(source="api", max_retries=0)
 
 
 def test_without_mentions_the_asset_says_what_to_materialize_first(dataset, tmp_path):

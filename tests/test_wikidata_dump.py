@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
 import os
 import random
@@ -17,26 +15,11 @@ import pytest
 
 from pipeline.errors import MELUserError
 from pipeline.wikidata import DumpIndex, LookupCache, build_index, normalize
-from pipeline.wikidata.dump import parse_entity
+from pipeline.wikidata.dump_read import parse_entity
 from pipeline.wikidata.normalize import _strip_punctuation
+from tests.wikidata_fakes import item, write_dump
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def item(qid, label=None, description=None, aliases=(), language="en", labels=None, **extra) -> dict:
-    """An item in the dump's layout: terms first, then claims and sitelinks (most of a real line)."""
-    if labels is None:
-        labels = {language: {"language": language, "value": label}} if label else {}
-    return {
-        "type": "item", "id": qid,
-        "labels": labels,
-        "descriptions": {language: {"language": language, "value": description}} if description else {},
-        "aliases": {language: [{"language": language, "value": a} for a in aliases]} if aliases else {},
-        "claims": {"P31": [{"mainsnak": {"snaktype": "value", "property": "P31",
-                                         "datavalue": {"value": {"id": "Q5"}, "type": "wikibase-entityid"}}}]},
-        "sitelinks": {"enwiki": {"site": "enwiki", "title": label or qid}},
-        **extra,
-    }
 
 
 PROPERTY = {"type": "property", "datatype": "wikibase-item", "id": "P31",
@@ -51,23 +34,6 @@ ENTITIES = [
     LEXEME,
     item("Q3308285", "Jordan", "given name", aliases=["jordan"]),
 ]
-
-
-def dump_line(entry) -> str:
-    return entry if isinstance(entry, str) else json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
-
-
-def write_dump(path: Path, entries, *, closing: bool = True) -> Path:
-    """The official layout: '[' line, one entity per line ending in ',', ']' line."""
-    text = "[\n" + ",\n".join(dump_line(e) for e in entries) + ("\n]\n" if closing else "\n")
-    data = text.encode()
-    if path.name.endswith(".gz"):
-        data = gzip.compress(data)
-    elif path.name.endswith(".bz2"):
-        data = bz2.compress(data, compresslevel=1)  # 100 kB blocks: a cut file still has whole blocks
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 @pytest.fixture
@@ -364,7 +330,7 @@ def test_a_failing_build_leaves_no_index_behind(tmp_path):
 
     def fail(stats):
         raise RuntimeError("disk full")
-    import pipeline.wikidata.dump as dump_module
+    import pipeline.wikidata.dump_build as dump_module
     original, dump_module.ITEMS_PER_INSERT = dump_module.ITEMS_PER_INSERT, 10
     try:
         with pytest.raises(RuntimeError):
@@ -379,7 +345,7 @@ def test_a_build_killed_mid_way_is_not_taken_for_an_index_and_is_redone(tmp_path
     dump = write_dump(tmp_path / "dump.json", [item(f"Q{n}", f"Name {n}") for n in range(1, 500)])
     target = tmp_path / "index" / "index.duckdb"
     killed_mid_build = (
-        "import os, signal, sys; from pathlib import Path; import pipeline.wikidata.dump as d; "
+        "import os, signal, sys; from pathlib import Path; import pipeline.wikidata.dump_build as d; "
         "d.ITEMS_PER_INSERT = 100; "
         "d.build_index(Path(sys.argv[1]), Path(sys.argv[2]), 'en', "
         "on_batch=lambda stats: os.kill(os.getpid(), signal.SIGKILL))"

@@ -9,7 +9,7 @@ reply to "What is <mention> in this sentence?" and the best-supported one is kep
 Modules:
 * `prompts`: the one prompt builder and its encoding into token ids (both backends);
 * `scoring`: the choice rule (pointwise mutual information of option and sentence);
-* `backends`: the backend interface, configuration, model location, GGUF export;
+* `backends`: the backend interface, its settings (`LLMSettings`), model location, GGUF export;
 * `transformers_backend`, `vllm_backend`: the two backends (vLLM imported lazily);
 * `cache`: the DuckDB cache of choices; `select`: the stage; `measure`: accuracy vs baselines.
 

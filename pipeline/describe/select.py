@@ -23,21 +23,21 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.describe.backends import ChoiceBackend, LLMConfig, make_backend
+from pipeline import catalog
+from pipeline.describe.backends import ChoiceBackend, LLMSettings, make_backend
 from pipeline.describe.cache import CachedChoice, ChoiceCache, choice_key
 from pipeline.describe.measure import selection_accuracy
 from pipeline.describe.prompts import PROMPT_VERSION, Prompt, build_prompt
 from pipeline.describe.scoring import SCORING_RULE, choose
 from pipeline.errors import MELUserError
 from pipeline.hashing import FileHashCache, hash_strings, table_content_hash
-from pipeline.lake import Lake, cache_hit_rate
+from pipeline.lake import Lake, StoredTable, cache_hit_rate
 
-TABLE = "mention_descriptions"
 DESCRIPTIONS_VERSION = "1"  # bump when the table changes for the same inputs and choices
 CHOICE_VERSION = f"prompt-{PROMPT_VERSION}/{SCORING_RULE}"  # part of every cache key
 STATUSES = ("chosen", "none_of_these", "no_candidates")
@@ -74,16 +74,17 @@ class MentionOptions:
     key: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DescriptionsReport:
     reused: bool
     fingerprint: str
-    stats: dict = field(default_factory=dict)
+    stats: dict  # counts per status, cache and LLM figures, accuracy against the baselines
+    tables: dict[str, StoredTable]  # catalog.MENTION_DESCRIPTIONS
 
 
 def select_descriptions(
     lake: Lake,
-    config: LLMConfig,
+    settings: LLMSettings,
     *,
     backend: ChoiceBackend | None = None,
     force: bool = False,
@@ -91,43 +92,48 @@ def select_descriptions(
 ) -> DescriptionsReport:
     """Write the `mention_descriptions` table, or reuse it when nothing it depends on changed.
 
-    `backend` defaults to the one `config` describes, loaded only if a prompt is not cached
+    `backend` defaults to the one `settings` describe, loaded only if a prompt is not cached
     and closed at the end; a backend passed in is left loaded for its owner.
     """
-    for name in ("mentions", "wikidata_candidates"):
+    for name in (catalog.MENTIONS, catalog.WIKIDATA_CANDIDATES):
         if not lake.has_table(name):
             raise MELUserError(f"The {name} table has not been materialized yet (no file at "
                                f"{lake.table_path(name)}); materialize `{name}` first.")
-    with choice_backend(lake, config, backend) as (backend, identity):
+    with choice_backend(lake, settings, backend) as (backend, identity):
         candidates = read_candidates(lake)
-        fingerprint = hash_strings([DESCRIPTIONS_VERSION, lake.table_fingerprint("mentions") or "",
+        fingerprint = hash_strings([DESCRIPTIONS_VERSION, lake.table_fingerprint(catalog.MENTIONS) or "",
                                     table_content_hash(candidates), backend.name, identity, CHOICE_VERSION])
-        if not force and lake.table_fingerprint(TABLE) == fingerprint:
+        if not force and lake.table_fingerprint(catalog.MENTION_DESCRIPTIONS) == fingerprint:
             logger.info(f"Mentions, candidates and model unchanged (fingerprint {fingerprint[:12]}): "
                         "reusing the stored table.")
             # No prompt is scored: every choice comes from the stored table, a hit rate of 1.
-            stats = {**lake.table_extra(TABLE), "llm_calls": 0, "cache_hits": 0, "prompts_scored": 0,
-                     "cache_hit_rate": 1.0}
-            return DescriptionsReport(True, fingerprint, stats)
-        mentions = lake.read_table("mentions", columns=list(MENTION_COLUMNS))
-        table, stats = describe_mentions(lake, backend, identity, mentions, candidates, config.batch_size, logger)
-    lake.write_table(TABLE, table, fingerprint, extra=stats)
+            stats = {**lake.table_extra(catalog.MENTION_DESCRIPTIONS), "llm_calls": 0, "cache_hits": 0,
+                     "prompts_scored": 0, "cache_hit_rate": 1.0}
+            return _report(lake, True, fingerprint, stats)
+        mentions = lake.read_table(catalog.MENTIONS, columns=list(MENTION_COLUMNS))
+        table, stats = describe_mentions(lake, backend, identity, mentions, candidates, settings.batch_size, logger)
+    lake.write_table(catalog.MENTION_DESCRIPTIONS, table, fingerprint, extra=stats)
     logger.info(f"Wrote {table.num_rows} mention descriptions: {stats['chosen']} chosen, "
                 f"{stats['none_of_these']} none of these, {stats['no_candidates']} without candidates "
                 f"({stats['llm_calls']} LLM calls, {stats['cache_hits']} cached).")
-    return DescriptionsReport(False, fingerprint, stats)
+    return _report(lake, False, fingerprint, stats)
+
+
+def _report(lake: Lake, reused: bool, fingerprint: str, stats: dict) -> DescriptionsReport:
+    name = catalog.MENTION_DESCRIPTIONS
+    return DescriptionsReport(reused, fingerprint, stats, {name: lake.stored_table(name)})
 
 
 @contextlib.contextmanager
-def choice_backend(lake: Lake, config: LLMConfig, backend: ChoiceBackend | None = None):
-    """(backend, model identity) for `config`; the backend loads its model on its first uncached prompt and
+def choice_backend(lake: Lake, settings: LLMSettings, backend: ChoiceBackend | None = None):
+    """(backend, model identity) for `settings`; the backend loads its model on its first uncached prompt and
     is closed at the end unless it was passed in (then it stays loaded for its owner)."""
-    if not config.export_dir:
-        config = dataclasses.replace(config, export_dir=str(lake.dir("models")))
+    if not settings.export_dir:
+        settings = dataclasses.replace(settings, export_dir=str(catalog.llm_export_dir(lake)))
     owned = backend is None
-    backend = backend or make_backend(config)
+    backend = backend or make_backend(settings)
     try:
-        yield backend, model_identity(backend, FileHashCache(lake.state_path("model_hashes.parquet")))
+        yield backend, model_identity(backend, FileHashCache(lake.state_path(catalog.MODEL_HASHES)))
     finally:
         if owned:
             backend.close()
@@ -141,7 +147,7 @@ def describe_mentions(lake: Lake, backend: ChoiceBackend, identity: str, mention
     for item in options:
         if item.prompt is not None:
             item.key = choice_key(backend.name, identity, CHOICE_VERSION, item.prompt.key_text())
-    with ChoiceCache(lake.duckdb_path("llm_choices")) as cache:
+    with ChoiceCache(lake.duckdb_path(catalog.LLM_CHOICES_CACHE)) as cache:
         choices, run = choose_all(options, backend, identity, cache, batch_size, logger)
     table = output_table(options, choices, backend.name, identity)
     stats = {
@@ -169,11 +175,11 @@ def model_identity(backend: ChoiceBackend, hashes: FileHashCache) -> str:
 
 
 def read_candidates(lake: Lake) -> pa.Table:
-    table = lake.read_table("wikidata_candidates")
+    table = lake.read_table(catalog.WIKIDATA_CANDIDATES)
     missing = [column for column in CANDIDATE_COLUMNS if column not in table.column_names]
     if missing:
-        raise MELUserError(f"The candidates table {lake.table_path('wikidata_candidates')} lacks the column(s) "
-                           f"{', '.join(missing)}; re-materialize `wikidata_candidates`.")
+        raise MELUserError(f"The candidates table {lake.table_path(catalog.WIKIDATA_CANDIDATES)} lacks the "
+                           f"column(s) {', '.join(missing)}; re-materialize `{catalog.WIKIDATA_CANDIDATES}`.")
     return table.select(list(CANDIDATE_COLUMNS)).sort_by([("mention_id", "ascending"), ("rank", "ascending")])
 
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.describe.backends import ChoiceBackend, first_line
-from pipeline.describe.scoring import OptionLikelihoods, OptionScores, score_prompts
 from pipeline.describe.prompts import EncodedPrompt, Prompt
+from pipeline.describe.scoring import OptionLikelihoods, OptionScores, score_prompts
 from pipeline.errors import MELUserError
 
 TOKENS_PER_FORWARD = 1024  # rows × width of one forward pass: larger batches gained nothing on CPU

@@ -33,7 +33,12 @@ from pathlib import Path
 
 from pipeline.describe.backends import ChoiceBackend, first_line
 from pipeline.describe.prompts import EncodedPrompt, Prompt
-from pipeline.describe.scoring import OptionLikelihoods, OptionScores, choose, score_prompts
+from pipeline.describe.scoring import (
+    OptionLikelihoods,
+    OptionScores,
+    choose,
+    score_prompts,
+)
 from pipeline.errors import MELUserError
 
 READY = "ready"

@@ -3,7 +3,7 @@
     <dataset>/inbox/<name>.json        mention records as in the splits (id, sentence, mentions, imgPath, desc);
                                        `answer` is optional: with a KB QID it counts towards the accuracy
     <dataset>/inbox/mention_image/     the images those records name
-    <dataset>/inbox/kb/*.json          KB changes (upserts and removals), read by ingestion (`pipeline.mimic`)
+    <dataset>/inbox/kb/*.json          KB changes (upserts and removals), read by ingestion (`pipeline.ingest`)
 
 A file's partition key is its name. A file is picked up once it is complete: unchanged for
 `settle_seconds` (a copy in progress keeps touching it) and not a hidden or temporary name (`.x.json`,
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline import catalog
 from pipeline.errors import MELUserError
 from pipeline.hashing import FileHashCache, hash_file
 from pipeline.images import ImageCheckCache
+from pipeline.ingest import NIL, DatasetLayout, MentionReader
 from pipeline.jsonrecords import read_records
 from pipeline.lake import Lake
-from pipeline.mimic import NIL, DatasetLayout, MentionReader
 
 INBOX_DIR = "inbox"
 IMAGE_DIR = "mention_image"
@@ -87,7 +88,7 @@ class InboxBatch:
 
     key: str
     file_hash: str
-    mentions: pa.Table  # pipeline.mimic.MENTIONS_SCHEMA; split "inbox", mention_id "<key>:<record id>"
+    mentions: pa.Table  # pipeline.ingest.MENTIONS_SCHEMA; split "inbox", mention_id "<key>:<record id>"
     labelled: list[bool]  # per mention row: its answer is a QID of the KB (counts towards accuracy)
     notes: dict[str, list[str]]  # mention_id -> what was odd but did not stop it (image, unknown answer)
     rejected: list[dict]  # record_index, record_id, reason_code, reason: records that cannot be linked
@@ -109,11 +110,12 @@ def read_inbox_file(lake: Lake, dataset_dir: Path | str, key: str) -> InboxBatch
         detail = broken[0].reason if broken else "it holds no records"
         raise MELUserError(f"The inbox file {path} cannot be read as mention records: {detail}.")
 
-    entities = lake.read_table("entities", columns=["kb_index", "qid"])
+    entities = lake.read_table(catalog.ENTITIES, columns=["kb_index", "qid"])
     qid2id = dict(zip(entities.column("qid").to_pylist(), entities.column("kb_index").to_pylist()))
     inbox_layout = dataclasses.replace(layout, mention_image_dir=inbox_dir(layout.root) / IMAGE_DIR)
-    reader = MentionReader(inbox_layout, FileHashCache(lake.state_path("file_hashes.parquet")),
-                           ImageCheckCache(lake.state_path("image_checks.parquet")), qid2id)
+    hashes = FileHashCache(lake.state_path(catalog.FILE_HASHES))
+    images = ImageCheckCache(lake.state_path(catalog.IMAGE_CHECKS))
+    reader = MentionReader(inbox_layout, hashes, images, qid2id)
     notes: dict[str, list[str]] = {}
     labelled_ids: set[str] = set()
     prepared = []
@@ -126,7 +128,11 @@ def read_inbox_file(lake: Lake, dataset_dir: Path | str, key: str) -> InboxBatch
             if note:
                 notes.setdefault(str(record["id"]), []).append(note)
     file = layout.relative(path)
-    table = reader.read_file(SPLIT, path, prepared, broken)
+    try:
+        table = reader.read_file(SPLIT, path, prepared, broken)
+    finally:  # the file's digests and image verdicts are kept even when reading it fails
+        hashes.save()
+        images.save()
     record_ids = table.column("record_id").to_pylist()
     mention_ids = [f"{key}:{record_id}" for record_id in record_ids]
     table = table.set_column(table.schema.get_field_index("mention_id"), "mention_id", pa.array(mention_ids))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import importlib.metadata
 import json
 import logging
 import random
@@ -34,15 +33,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import requests
 
 from pipeline.errors import MELUserError
 from pipeline.wikidata.cache import LookupCache
-from pipeline.wikidata.search import FAILED, OK, CachedSearcher, Candidate, SearchOutcome
+from pipeline.wikidata.search import (
+    FAILED,
+    OK,
+    CachedSearcher,
+    Candidate,
+    SearchOutcome,
+)
+from pipeline.wikidata.settings import WikidataSettings, default_user_agent
 
-DEFAULT_ENDPOINT = "https://www.wikidata.org/w/api.php"
 RETRYABLE_HTTP_STATUS = frozenset({429, 500, 502, 503, 504})
 RETRYABLE_API_ERRORS = frozenset({"maxlag", "ratelimited"})
 MAX_SEARCH_LIMIT = 50  # wbsearchentities' limit for clients without bot rights
@@ -51,15 +55,6 @@ MAXLAG_S = 5  # the value Wikimedia recommends for automated clients
 QID = re.compile(r"^Q[1-9][0-9]*$")
 
 log = logging.getLogger(__name__)
-
-
-def default_user_agent() -> str:
-    try:
-        version = importlib.metadata.version("mmoe-mel")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0.1"
-    return (f"mmoe-mel/{version} (https://github.com/mmoe-mel/mmoe-mel; mel@example.org) "
-            f"python-requests/{requests.__version__}")
 
 
 class RateLimiter:
@@ -120,19 +115,17 @@ class LookupFailed(Exception):
 
 
 class WikidataAPIClient(CachedSearcher):
-    """Searches the WikiData API; every answer goes through the lookup cache."""
+    """Searches the WikiData API that `settings` name (endpoint, rate, retries, timeout, User-Agent: an empty
+    one is the default); every answer goes through the lookup cache."""
 
     batch_size = 25  # searches per cache commit: a crash re-asks at most this many
+    kind = "api"
 
     def __init__(
         self,
         cache: LookupCache,
+        settings: WikidataSettings,
         *,
-        endpoint: str = DEFAULT_ENDPOINT,
-        user_agent: str = "",
-        requests_per_second: float = 5.0,
-        max_retries: int = 5,
-        timeout_s: float = 30.0,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -141,25 +134,20 @@ class WikidataAPIClient(CachedSearcher):
         logger=log,
     ):
         super().__init__(cache, logger)
-        _check_settings(endpoint, requests_per_second, max_retries, timeout_s)
-        self.endpoint = endpoint
-        self.max_retries, self.timeout_s = max_retries, timeout_s
+        self.endpoint = settings.endpoint
+        self.max_retries, self.timeout_s = settings.max_retries, settings.timeout_s
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self.rate_limiter = RateLimiter(requests_per_second, clock, sleep)
+        self.rate_limiter = RateLimiter(settings.requests_per_second, clock, sleep)
         self.session = requests.Session()
-        self.user_agent = user_agent or default_user_agent()
+        self.user_agent = settings.user_agent or default_user_agent()
         self.session.headers.update({"User-Agent": self.user_agent, "Accept": "application/json"})
         self._warned_placeholder = False
 
     @property
-    def source(self) -> str:
-        return f"api:{self.endpoint}"
-
-    @property
-    def kind(self) -> str:
-        return "api"
+    def identity(self) -> str:
+        return self.endpoint
 
     def details(self, language: str) -> dict:
         return {"endpoint": self.endpoint, "user_agent": self.user_agent}
@@ -254,18 +242,6 @@ class WikidataAPIClient(CachedSearcher):
                 "The WikiData User-Agent still names the placeholder contact mel@example.org; set `user_agent` "
                 "to your project and e-mail (Wikimedia's User-Agent policy) to avoid being blocked."
             )
-
-
-def _check_settings(endpoint: str, requests_per_second: float, max_retries: int, timeout_s: float) -> None:
-    url = urlparse(endpoint)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise MELUserError(f"The WikiData endpoint {endpoint!r} is not an http(s) URL (setting `endpoint`).")
-    if not requests_per_second > 0:
-        raise MELUserError(f"`requests_per_second` must be above 0 (got {requests_per_second}).")
-    if max_retries < 0:
-        raise MELUserError(f"`max_retries` must be 0 or more (got {max_retries}).")
-    if not timeout_s > 0:
-        raise MELUserError(f"`timeout_s` must be above 0 (got {timeout_s}).")
 
 
 def _read_response(response: requests.Response) -> tuple[_Problem | None, dict | None]:

@@ -16,7 +16,6 @@ fingerprint that names its index, so an unchanged dump is not opened at all.
 
 from __future__ import annotations
 
-
 import pyarrow as pa
 
 from pipeline.lake import SharedDuckDB

@@ -59,9 +59,8 @@ def retrieve_candidates(
     language: str = "en",
     logger=log,
 ) -> CandidatesResult:
-    """Up to `max_candidates` WikiData items per mention, looked up once per distinct normalized string."""
-    if max_candidates < 1:
-        raise MELUserError(f"`max_candidates` must be 1 or more (got {max_candidates}).")
+    """Up to `max_candidates` (checked by `WikidataSettings`) WikiData items per mention, looked up once per
+    distinct normalized string."""
     missing = {"mention_id", "mention"} - set(mentions.column_names)
     if missing:
         raise MELUserError(f"The mentions table lacks the column(s) {', '.join(sorted(missing))}.")

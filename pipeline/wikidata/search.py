@@ -86,6 +86,7 @@ class CachedSearcher:
     """Base of the two sources: cache-through `search_many` around a batch `_lookup`."""
 
     batch_size = 100
+    kind: str  # "dump" or "api": the `source` column of the output table
 
     def __init__(self, cache: LookupCache, logger=log):
         self.cache = cache
@@ -94,12 +95,12 @@ class CachedSearcher:
 
     @property
     def source(self) -> str:
-        """The cache's name for this source; a different source never reuses an entry."""
-        raise NotImplementedError
+        """The cache's name for this source, "<kind>:<identity>"; a different source never reuses an entry."""
+        return f"{self.kind}:{self.identity}"
 
     @property
-    def kind(self) -> str:
-        """Either "dump" or "api": the `source` column of the output table."""
+    def identity(self) -> str:
+        """What tells this source from another of its kind (the API's endpoint, the dump's content)."""
         raise NotImplementedError
 
     def _lookup(self, searches: list[str], language: str, limit: int) -> dict[str, SearchOutcome]:

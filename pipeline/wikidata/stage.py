@@ -1,4 +1,4 @@
-"""The `wikidata_candidates` stage: settings, choice of source, reuse, and the tables it writes.
+"""The `wikidata_candidates` stage: choice of source, reuse, and the tables it writes.
 
 The stored tables are reused when their fingerprint matches (mentions table, source
 identity, number of candidates, language, code version) and the run that wrote them
@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-
+from pipeline import catalog
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_strings, table_content_hash
-from pipeline.lake import Lake, cache_hit_rate
-from pipeline.wikidata.api import DEFAULT_ENDPOINT, WikidataAPIClient
+from pipeline.lake import Lake, StoredTable, cache_hit_rate
+from pipeline.wikidata.api import WikidataAPIClient
 from pipeline.wikidata.cache import LookupCache
 from pipeline.wikidata.candidates import retrieve_candidates
-from pipeline.wikidata.dump import LANGUAGE_CODE, OPENERS, DumpIndex
+from pipeline.wikidata.dump import DumpIndex
+from pipeline.wikidata.dump_read import OPENERS
 from pipeline.wikidata.search import CachedSearcher
+from pipeline.wikidata.settings import DUMP_ENV, WikidataSettings
 
 CANDIDATES_VERSION = "1"  # bump when the output changes for the same inputs
-TABLES = ("wikidata_candidates", "wikidata_failures")
-SOURCES = ("auto", "dump", "api")
-DUMP_ENV = "MEL_WIKIDATA_DUMP"
 DATASET_DUMP_DIR = "wikidata"
 RUN_COUNTERS = ("cache_hits", "looked_up", "retried_failures", "http_requests", "dump_lines_read")
 
@@ -37,37 +35,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class WikidataSettings:
-    source: str = "auto"  # "dump" | "api" | "auto"
-    dump_path: str = ""  # empty: $MEL_WIKIDATA_DUMP, else the dataset's wikidata/ dump (auto)
-    endpoint: str = DEFAULT_ENDPOINT
-    user_agent: str = ""  # empty: api.default_user_agent()
-    requests_per_second: float = 5.0
-    max_retries: int = 5
-    timeout_s: float = 30.0
-    language: str = "en"
-    max_candidates: int = 10
-
-    def configured_dump(self) -> str:
-        return self.dump_path or os.environ.get(DUMP_ENV, "")
-
-    def check(self) -> None:
-        if self.source not in SOURCES:
-            raise MELUserError(f"The WikiData source {self.source!r} is not one of {', '.join(SOURCES)} "
-                               f"(setting `source`).")
-        if not LANGUAGE_CODE.match(self.language):
-            raise MELUserError(f"The language {self.language!r} is not a WikiData language code such as 'en' "
-                               f"(setting `language`).")
-        if self.max_candidates < 1:
-            raise MELUserError(f"`max_candidates` must be 1 or more (got {self.max_candidates}).")
-
-
-@dataclass
-class CandidatesReport:
+class WikidataReport:
     reused: bool
     fingerprint: str
-    content_hash: str
-    stats: dict = field(default_factory=dict)
+    stats: dict  # counts per outcome, cache and source figures (also stored with the tables)
+    tables: dict[str, StoredTable]  # catalog.WIKIDATA_TABLES: wikidata_candidates, wikidata_failures
 
 
 def find_dataset_dump(dataset_dir: Path) -> Path | None:
@@ -84,7 +56,6 @@ def find_dataset_dump(dataset_dir: Path) -> Path | None:
 
 def resolve_source(settings: WikidataSettings, find_dataset_dir: Callable[[], Path | None]) -> tuple[str, Path | None]:
     """("dump", path) or ("api", None) from the settings; the dataset is looked at only for "auto"."""
-    settings.check()
     configured = settings.configured_dump()
     if settings.source == "api":
         return "api", None
@@ -100,17 +71,14 @@ def resolve_source(settings: WikidataSettings, find_dataset_dir: Callable[[], Pa
 
 @contextlib.contextmanager
 def open_searcher(settings: WikidataSettings, lake: Lake, find_dataset_dir: Callable[[], Path | None],
-                  logger=log, **client_options) -> Iterator[CachedSearcher]:
-    """The configured source behind the lookup cache; `client_options` reach the API client (tests)."""
+                  logger=log) -> Iterator[CachedSearcher]:
+    """The configured source behind the lookup cache."""
     kind, dump = resolve_source(settings, find_dataset_dir)
-    with LookupCache(lake.duckdb_path("wikidata")) as cache:
+    with LookupCache(lake.duckdb_path(catalog.WIKIDATA_CACHE)) as cache:
         if kind == "dump":
-            searcher = DumpIndex(dump, cache, lake.dir("duckdb"), logger=logger)
+            searcher = DumpIndex(dump, cache, catalog.duckdb_dir(lake), logger=logger)
         else:
-            searcher = WikidataAPIClient(
-                cache, endpoint=settings.endpoint, user_agent=settings.user_agent,
-                requests_per_second=settings.requests_per_second, max_retries=settings.max_retries,
-                timeout_s=settings.timeout_s, logger=logger, **client_options)
+            searcher = WikidataAPIClient(cache, settings, logger=logger)
         try:
             yield searcher
         finally:
@@ -120,45 +88,52 @@ def open_searcher(settings: WikidataSettings, lake: Lake, find_dataset_dir: Call
 def build_wikidata_candidates(
     lake: Lake,
     settings: WikidataSettings,
-    find_dataset_dir: Callable[[], Path | None] = lambda: None,
     *,
+    find_dataset_dir: Callable[[], Path | None] = lambda: None,
     force: bool = False,
     logger=log,
-    **client_options,
-) -> CandidatesReport:
-    """Write `wikidata_candidates` and `wikidata_failures`, or reuse them when nothing changed."""
+) -> WikidataReport:
+    """Write `wikidata_candidates` and `wikidata_failures`, or reuse them when nothing changed.
+
+    `find_dataset_dir` locates the dataset, whose own dump the "auto" source uses; it is called only then.
+    """
     started = time.monotonic()
-    mentions_fingerprint = lake.table_fingerprint("mentions")
+    mentions_fingerprint = lake.table_fingerprint(catalog.MENTIONS)
     if mentions_fingerprint is None:
         raise MELUserError(f"The mentions table has not been materialized yet (no file at "
-                           f"{lake.table_path('mentions')}); materialize `mentions` first.")
-    with open_searcher(settings, lake, find_dataset_dir, logger, **client_options) as searcher:
+                           f"{lake.table_path(catalog.MENTIONS)}); materialize `mentions` first.")
+    with open_searcher(settings, lake, find_dataset_dir, logger) as searcher:
         fingerprint = hash_strings([CANDIDATES_VERSION, mentions_fingerprint, searcher.source,
                                     str(settings.max_candidates), settings.language])
         if not force and _reusable(lake, fingerprint):
             logger.info(f"Mentions and source unchanged (fingerprint {fingerprint[:12]}), no failed lookups: "
                         f"reusing the stored tables.")
             # Nothing is looked up: every answer comes from stored results, a hit rate of 1.
-            stats = {**lake.table_extra("wikidata_candidates"), **dict.fromkeys(RUN_COUNTERS, 0),
+            stats = {**lake.table_extra(catalog.WIKIDATA_CANDIDATES), **dict.fromkeys(RUN_COUNTERS, 0),
                      "cache_hit_rate": 1.0}
             _warn_about_truncation(stats, logger)
-            return CandidatesReport(True, fingerprint, stats["content_hash"], stats)
-        mentions = lake.read_table("mentions", columns=["mention_id", "mention"])
+            return _report(lake, True, fingerprint, stats)
+        mentions = lake.read_table(catalog.MENTIONS, columns=["mention_id", "mention"])
         result = retrieve_candidates(mentions, searcher, max_candidates=settings.max_candidates,
                                      language=settings.language, logger=logger)
-    content_hash = table_content_hash(result.table)
-    stats = {**result.stats, "content_hash": content_hash, "seconds": round(time.monotonic() - started, 3),
+    stats = {**result.stats, "content_hash": table_content_hash(result.table),
+             "seconds": round(time.monotonic() - started, 3),
              "cache_hit_rate": cache_hit_rate(result.stats["cache_hits"], result.stats["distinct_searches"])}
     _warn_about_truncation(stats, logger)
-    lake.write_table("wikidata_failures", result.failures, fingerprint, extra=stats)
-    lake.write_table("wikidata_candidates", result.table, fingerprint, extra=stats)
-    return CandidatesReport(False, fingerprint, content_hash, stats)
+    lake.write_table(catalog.WIKIDATA_FAILURES, result.failures, fingerprint, extra=stats)
+    lake.write_table(catalog.WIKIDATA_CANDIDATES, result.table, fingerprint, extra=stats)
+    return _report(lake, False, fingerprint, stats)
+
+
+def _report(lake: Lake, reused: bool, fingerprint: str, stats: dict) -> WikidataReport:
+    return WikidataReport(reused, fingerprint, stats,
+                          {name: lake.stored_table(name) for name in catalog.WIKIDATA_TABLES})
 
 
 def _reusable(lake: Lake, fingerprint: str) -> bool:
-    if not lake.tables_up_to_date(list(TABLES), fingerprint):
+    if not lake.tables_up_to_date(list(catalog.WIKIDATA_TABLES), fingerprint):
         return False
-    stored = lake.table_extra("wikidata_candidates")
+    stored = lake.table_extra(catalog.WIKIDATA_CANDIDATES)
     return stored.get("failures") == 0 and "content_hash" in stored
 
 
