@@ -9,20 +9,17 @@ UI plots them across materializations), the rank histogram as an embedded PNG.
 import json
 
 import dagster as dg
-from pydantic import Field
 
-from assets.features import ClipResource
 from assets.metadata import markdown_table, table_metadata
-from assets.resources import LakeResource, user_errors
+from assets.resources import LakeResource, settings_resource, user_errors
+from pipeline import catalog
 from pipeline.plots import png_markdown
-from pipeline.training.data import Inputs, mention_store_dir
-from pipeline.training.evaluate import EVALUATION_VERSION, PREDICTIONS_TABLE, missing_test_predictions
-from pipeline.training.retrieval import evaluate_over_trained_index
-from pipeline.training.settings import HEAD_LR, UNIT_NAMES, TrainingSettings
-from pipeline.training.train import TRAINING_VERSION, current_model, train_mmoe
+from pipeline.training.evaluate import evaluate_mmoe
+from pipeline.training.predictions import EVALUATION_VERSION, missing_test_predictions
+from pipeline.training.settings import TrainingSettings
+from pipeline.training.train import TRAINING_VERSION, train_mmoe
 
 GROUP = "model"
-DEFAULTS = TrainingSettings()
 EPOCH_COLUMNS = ["epoch", "loss", "loss_total", "loss_text", "loss_image", "loss_cross", "loss_retrieval", "dev_mrr",
                  "dev_hits@1", "dev_hits@10", "seconds", "samples_per_second"]
 ROUND_COLUMNS = ["round", "epochs", "best_epoch", "dev_mrr", "dev_hits@1", "dev_recall", "train_recall", "k",
@@ -31,57 +28,8 @@ METRIC_COLUMNS = ["split", "scoring", "hits@1", "hits@3", "hits@5", "hits@10", "
                   "outside_top_k", "unscored"]
 
 
-class TrainingResource(dg.ConfigurableResource):
+class TrainingResource(settings_resource(TrainingSettings, exclude=("progress",))):
     """How the MMoE matcher is trained and evaluated (defaults: the paper's WikiMEL recipe, head-only lr)."""
-
-    preset: str = Field(default=DEFAULTS.preset, description="wikimel | richpediamel | wikidiverse: the experts' "
-                        "top-k (3 / 4 / 2) and the paper's learning rate.")
-    gate_mode: str = Field(default=DEFAULTS.gate_mode, description="topk (the paper) | reference (the published "
-                           "code's gate, batch-dependent scores; see model/GATES.md).")
-    top_k: int = Field(default=DEFAULTS.top_k, description="Experts per token; 0 = the preset's.")
-    hidden_dim: int = Field(default=DEFAULTS.hidden_dim, description="Width of the units (paper: 96).")
-    units: list[str] = Field(default=list(UNIT_NAMES), description="Scoring units kept: text, image, cross.")
-    lr_preset: str = Field(default=DEFAULTS.lr_preset, description=f"head ({HEAD_LR:g}: the matcher alone on frozen "
-                           "features) | paper (5e-6 WikiMEL / 1e-5 others, for fine-tuning all of CLIP).")
-    lr: float = Field(default=DEFAULTS.lr, description="Learning rate; 0 = from lr_preset.")
-    weight_decay: float = Field(default=DEFAULTS.weight_decay, description="AdamW decay (not on biases and norms).")
-    batch_size: int = Field(default=DEFAULTS.batch_size, description="Train mentions per batch (in-batch negatives).")
-    epochs: int = Field(default=DEFAULTS.epochs, description="Most epochs.")
-    patience: int = Field(default=DEFAULTS.patience, description="Epochs without a better dev MRR before stopping; "
-                          "0 = never stop early.")
-    hard_negatives: int = Field(default=DEFAULTS.hard_negatives, description="Per mention, from its FAISS "
-                                "candidates (gold excluded).")
-    hard_negative_pool: int = Field(default=DEFAULTS.hard_negative_pool, description="Hard negatives are drawn "
-                                    "among this many best non-gold candidates.")
-    retrieval_loss_weight: float = Field(default=DEFAULTS.retrieval_loss_weight, description="Weight of the "
-                                         "cross-entropy of the score's separable part, which the trained index "
-                                         "ranks by; 0 = train the total score only.")
-    retrieval_rounds: int = Field(default=DEFAULTS.retrieval_rounds, description="Most training rounds: round 1 "
-                                  "draws hard negatives from the zero-shot index, each later one from the previous "
-                                  "round's trained index; they stop when dev MRR over the trained index stops "
-                                  "improving.")
-    seed: int = Field(default=DEFAULTS.seed, description="Seed of initialisation, data order and negatives.")
-    device: str = Field(default=DEFAULTS.device, description="auto (cuda when available) | cpu | cuda | cuda:N.")
-    amp: bool = Field(default=DEFAULTS.amp, description="bf16/fp16 autocast on CUDA.")
-    rerank_k: int = Field(default=DEFAULTS.rerank_k, description="Candidates reranked per mention.")
-    full_kb: bool = Field(default=DEFAULTS.full_kb, description="Evaluation also scores every KB entity (small "
-                          "KBs, checking the reranking).")
-    eval_batch_size: int = Field(default=DEFAULTS.eval_batch_size, description="Mentions per scoring call.")
-
-    def settings(self) -> TrainingSettings:
-        return TrainingSettings(
-            preset=self.preset, gate_mode=self.gate_mode, top_k=self.top_k, hidden_dim=self.hidden_dim,
-            units=tuple(self.units), lr_preset=self.lr_preset, lr=self.lr, weight_decay=self.weight_decay,
-            batch_size=self.batch_size, epochs=self.epochs, patience=self.patience,
-            hard_negatives=self.hard_negatives, hard_negative_pool=self.hard_negative_pool,
-            retrieval_loss_weight=self.retrieval_loss_weight, retrieval_rounds=self.retrieval_rounds, seed=self.seed,
-            device=self.device, amp=self.amp, rerank_k=self.rerank_k, full_kb=self.full_kb,
-            eval_batch_size=self.eval_batch_size)
-
-
-def _inputs(lake, clip: ClipResource) -> Inputs:
-    """The stores the feature assets write under the same ClipResource settings, and the lake's tables."""
-    return Inputs.open(lake, mention_store=mention_store_dir(lake, clip.description_source))
 
 
 @dg.asset(
@@ -95,13 +43,11 @@ def _inputs(lake, clip: ClipResource) -> Inputs:
     "their features and candidates and the settings are unchanged (new test mentions do not retrain), "
     "resumed after a crash.",
 )
-def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
-               clip: ClipResource) -> dg.MaterializeResult:
-    store = lake.lake()
+def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource,
+               training: TrainingResource) -> dg.MaterializeResult:
     with user_errors():
         settings = training.settings()
-        settings.validate()
-        report = train_mmoe(store, settings, _inputs(store, clip), logger=context.log)
+        report = train_mmoe(lake.lake(), settings, logger=context.log)
     best = report.best_dev
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
@@ -145,18 +91,15 @@ def mmoe_model(context: dg.AssetExecutionContext, lake: LakeResource, training: 
     "table (top-10 entities with per-unit scores and expert routing per mention). Only mentions whose model, "
     "features or candidates changed are ranked again; the others keep their stored rows.",
 )
-def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: TrainingResource,
-               clip: ClipResource) -> dg.MaterializeResult:
-    store = lake.lake()
+def evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
+               training: TrainingResource) -> dg.MaterializeResult:
     with user_errors():
-        report = evaluate_over_trained_index(store, training.settings(), current_model(store), _inputs(store, clip),
-                                             logger=context.log)
-    predictions = store.read_table(PREDICTIONS_TABLE)
+        report = evaluate_mmoe(lake.lake(), training.settings(), logger=context.log)
     comparison = report.comparison("test")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint),
         metadata={
-            **table_metadata(predictions, store.table_path(PREDICTIONS_TABLE),
+            **table_metadata(report.predictions,
                              ["mention_id", "split", "scoring", "gold_index", "gold_rank", "top_entities", "problem"]),
             **{f"{row['split']}/{row['scoring']}/{name}": float(row[name]) for row in report.metrics
                for name in ("hits@1", "hits@10", "mrr", "mr")},
@@ -184,7 +127,7 @@ def evaluation(context: dg.AssetExecutionContext, lake: LakeResource, training: 
 
 @dg.asset_check(asset=evaluation, description="MMoE (reranking) beats zero-shot CLIP (text+image) on test MRR.")
 def mmoe_beats_zero_shot(lake: LakeResource) -> dg.AssetCheckResult:
-    stored = lake.lake().table_extra(PREDICTIONS_TABLE)
+    stored = lake.lake().table_extra(catalog.PREDICTIONS)
     mmoe = next(row["mrr"] for row in stored["metrics"] if row["split"] == "test" and row["scoring"].startswith("rerank"))
     zero_shot = next(row["mrr"] for row in stored["baselines"] if row["split"] == "test" and row["modality"] == "both")
     return dg.AssetCheckResult(
@@ -204,7 +147,7 @@ def evaluation_covers_every_test_mention(lake: LakeResource) -> dg.AssetCheckRes
         metadata={"test_mentions": expected, "with_rerank_row": expected - len(missing),
                   "missing": len(missing), "missing_examples": json.dumps(missing[:5])},
         description=f"{expected - len(missing)} of {expected} non-nil test mentions have a rerank row in "
-                    f"{PREDICTIONS_TABLE}" + (f"; missing e.g. {', '.join(missing[:5])}." if missing else "."),
+                    f"{catalog.PREDICTIONS}" + (f"; missing e.g. {', '.join(missing[:5])}." if missing else "."),
     )
 
 

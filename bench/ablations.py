@@ -18,7 +18,7 @@ asset; see pipeline/training/evaluate.py):
                                          the mention text; an upper bound on what a perfect description
                                          choice could give, NOT a pipeline result
 
-Each MMoE row is trained with `train_mmoe` (early stopping on dev MRR) into `<lake>/mmoe/ablations/` (reused on
+Each MMoE row is trained with `train_model` (early stopping on dev MRR) into `<lake>/mmoe/ablations/` (reused on
 a re-run when nothing changed) and evaluated twice: reranking the FAISS top-100 (`rerank@100`, the
 pipeline's default) and scoring the whole KB (`full_kb`, the paper's protocol). Training uses the FAISS
 candidates of the lake's main mention store for hard negatives in every row.
@@ -38,16 +38,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import ranking_metrics  # noqa: E402
-from pipeline.features import Items, extract_features, mention_items, store_dir  # noqa: E402
+from pipeline import catalog  # noqa: E402
+from pipeline.features import EncoderSpec, Items, extract_features, mention_items  # noqa: E402
 from pipeline.features.items import SEPARATOR  # noqa: E402
 from pipeline.lake import Lake  # noqa: E402
 from pipeline.training.baselines import MODALITIES, zero_shot_ranks  # noqa: E402
-from pipeline.training.data import Inputs, mention_store_dir  # noqa: E402
+from pipeline.training.data import Inputs  # noqa: E402
 from pipeline.training.evaluate import evaluate_model  # noqa: E402
 from pipeline.training.settings import TrainingSettings  # noqa: E402
-from pipeline.training.train import train_mmoe  # noqa: E402
+from pipeline.training.train import train_model  # noqa: E402
 
-ORACLE_STORE = "mention_features_desc-oracle"
+ORACLE_SOURCE = "oracle"  # its mention store is features/mention_features_desc-oracle (catalog.mention_store_name)
 METRICS = ("hits@1", "hits@3", "hits@5", "hits@10", "hits@20", "mr", "mrr")
 
 log = logging.getLogger("ablations")
@@ -67,29 +68,25 @@ def variants(oracle: bool) -> list[tuple[str, dict, str]]:
 
 
 def clip_spec():
-    from assets.features import ClipResource  # the encoder the feature assets use by default
-
-    return ClipResource().spec()
+    return EncoderSpec(num_workers=0)  # the encoder the feature assets use by default
 
 
-def ensure_store(lake: Lake, which: str, description_source: str) -> Path:
-    """The lake's main mention store, or the no-description / oracle one (encoded once, then reused)."""
+def ensure_store(lake: Lake, which: str) -> Lake:
+    """The lake as a row reads it: with its main mention store, or the no-description / oracle one (encoded
+    once, then reused)."""
     if which == "main":
-        return mention_store_dir(lake, description_source)
-    if which == "none":
-        path = mention_store_dir(lake, "none")
-        extract_features(mention_items(lake, "none"), path, clip_spec(), num_workers=0, logger=log)
-        return path
-    path = store_dir(lake, ORACLE_STORE)
-    extract_features(oracle_items(lake), path, clip_spec(), num_workers=0, logger=log)
-    return path
+        return lake
+    variant = Lake(lake.root, description_source="none" if which == "none" else ORACLE_SOURCE)
+    items = mention_items(lake, "none") if which == "none" else oracle_items(lake)
+    extract_features(items, catalog.mention_store_dir(variant), clip_spec(), logger=log)
+    return variant
 
 
 def oracle_items(lake: Lake) -> Items:
     """Mention texts `mention [SEP] sentence [SEP] <the gold entity's KB description>` (nil: no description)."""
     items = mention_items(lake, "none")
-    mentions = lake.read_table("mentions", columns=["mention_id", "gold_index"]).to_pydict()
-    entities = lake.read_table("entities", columns=["kb_index", "description"]).to_pydict()
+    mentions = lake.read_table(catalog.MENTIONS, columns=["mention_id", "gold_index"]).to_pydict()
+    entities = lake.read_table(catalog.ENTITIES, columns=["kb_index", "description"]).to_pydict()
     description = dict(zip(entities["kb_index"], entities["description"]))
     gold = dict(zip(mentions["mention_id"], mentions["gold_index"]))
     texts = [text + SEPARATOR + description[gold[i]] if gold[i] is not None and description.get(gold[i]) else text
@@ -119,8 +116,8 @@ def main() -> None:
         import torch
         torch.set_num_threads(args.threads)
 
-    lake = Lake(args.lake)
-    main_inputs = Inputs.open(lake, mention_store=mention_store_dir(lake, args.description_source))
+    lake = Lake(args.lake, description_source=args.description_source)
+    main_inputs = Inputs.open(lake)
     recipe = main_inputs.mentions_store.recipe
     rows, rerank_k = [], 100
     test = main_inputs.mentions.select("test")
@@ -128,18 +125,20 @@ def main() -> None:
         ranks = zero_shot_ranks(main_inputs.entities, main_inputs.mentions_store, main_inputs.mentions, test, modality)
         rows.append(metric_row(f"zero-shot CLIP ({modality})", "full KB, capped at 101",
                                ranking_metrics(np.minimum(ranks, rerank_k + 1))))
+    ablations = catalog.mmoe_dir(lake) / "ablations"
     base = TrainingSettings(epochs=args.epochs, lr=args.lr, device=args.device, progress=False, full_kb=True,
                             rerank_k=rerank_k)
     for name, changes, store in variants(args.oracle):
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
-        inputs = Inputs.open(lake, mention_store=ensure_store(lake, store, args.description_source))
+        row_lake = ensure_store(lake, store)
+        inputs = Inputs.open(row_lake)
         settings = base.replace(**changes)
         log.info(f"== {name}: {changes or 'default settings'}, mention store {inputs.mentions_store.root.name}")
-        report = train_mmoe(lake, settings, inputs, runs_dir=lake.root / "mmoe" / "ablations", logger=log)
-        evaluation = evaluate_model(lake, settings, report.as_dict(), inputs, logger=log, write_predictions=False,
-                                    out_dir=lake.root / "mmoe" / "ablations" / "evaluation")
+        report = train_model(inputs, settings, ablations, logger=log)
+        evaluation = evaluate_model(row_lake, settings, report.as_dict(), inputs, logger=log, write_predictions=False,
+                                    out_dir=ablations / "evaluation")
         extra = (f"best epoch {report.best_epoch}/{len(report.history)}, "
                  f"{time.perf_counter() - started:.0f} s{' (reused)' if report.reused else ''}")
         for row in evaluation.metrics:

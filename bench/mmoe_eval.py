@@ -8,7 +8,7 @@ KB, with the same trained matcher, on a synthetic 100k-entity feature store.
     python bench/mmoe_eval.py --dims demo --modes rerank        # peak RSS of reranking against a 10 GB store
     python bench/mmoe_eval.py --top-k 10,50,100                 # rerank the first K of the top-100, each K
 
-What runs: `pipeline.training.synthetic` writes the stores with the pipeline's StoreWriter, builds the entity
+What runs: `synthetic.stores` writes the stores with the pipeline's StoreWriter, builds the entity
 index and `mention_candidates` (top-100) with the pipeline's FAISS stage, and `train_mmoe` trains a matcher for
 one epoch (the cost does not depend on its quality). Then each evaluation mode runs in its own child process,
 so that its peak RSS (VmHWM) is its own, through the pipeline's `EncodedEntities` and `rank_mentions`:
@@ -91,8 +91,8 @@ def prepare(args) -> dict:
     """Build the synthetic lake and train a matcher on it, unless a previous run left them."""
     from pipeline.lake import Lake
     from pipeline.training.settings import TrainingSettings
-    from pipeline.training.synthetic import SyntheticWorld, build_synthetic_lake
     from pipeline.training.train import train_mmoe
+    from synthetic.stores import SyntheticWorld, build_synthetic_lake
 
     dims, hidden = DIMS[args.dims]
     lake = Lake(args.lake)
@@ -149,7 +149,8 @@ def run_mode(args) -> dict:
 def ranked_at(args, matcher, inputs, mentions, test, search, k, device) -> dict:
     """Encode what ranking the first ``k`` candidates needs (every entity when k is None: full KB), then rank the
     test mentions, the fastest of ``--repeat`` passes."""
-    from pipeline.training.scoring import EncodedEntities, candidate_union, rank_mentions
+    from pipeline.training.encodings import EncodedEntities
+    from pipeline.training.scoring import candidate_union, rank_mentions
 
     full = k is None
     rows = np.arange(len(inputs.entities)) if full else candidate_union(mentions, test, k)

@@ -5,7 +5,7 @@
     python bench/mmoe_train.py --lake .mel --device cuda --epochs 5          # GPU: samples/s with AMP
 
 The lake must hold the feature stores and `mention_candidates` (`make demo`, or `bench/ablations.py`, which
-materializes them). Each setting trains in its own child process, through the pipeline's `train_mmoe`, into
+materializes them). Each setting trains in its own child process, through the pipeline's `train_model`, into
 its own run folder (so the lake's model is left alone), with early stopping off unless `--patience` is given.
 Reported per setting: seconds per epoch (training only, and with the dev evaluation), train mentions per
 second, peak RSS (VmHWM, memory-mapped store pages included), the device, and dev MRR per epoch.
@@ -37,18 +37,17 @@ def train_once(args) -> dict:
     import torch
 
     from pipeline.lake import Lake
-    from pipeline.training.data import Inputs, mention_store_dir
+    from pipeline.training.data import Inputs
     from pipeline.training.settings import TrainingSettings
-    from pipeline.training.train import train_mmoe
+    from pipeline.training.train import train_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    lake = Lake(args.lake)
-    inputs = Inputs.open(lake, mention_store=mention_store_dir(lake, args.description_source))
+    inputs = Inputs.open(Lake(args.lake, description_source=args.description_source))
     settings = TrainingSettings(lr=args.child_lr, epochs=args.epochs, patience=args.patience, device=args.device,
                                 progress=False, batch_size=args.batch_size, hard_negatives=args.hard_negatives)
     started = time.perf_counter()
-    report = train_mmoe(lake, settings, inputs, runs_dir=Path(args.runs))
+    report = train_model(inputs, settings, Path(args.runs))
     seconds = time.perf_counter() - started
     device = torch.device(settings.torch_device())
     return {

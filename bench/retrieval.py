@@ -38,12 +38,12 @@ def copy_lake(source: Path, target: Path) -> None:
 def run_variant(args, weight: float) -> dict:
     import torch
 
-    from pipeline.features import FeatureStore
+    from pipeline import catalog
     from pipeline.index import IndexSettings
     from pipeline.lake import Lake
-    from pipeline.training.data import Inputs, mention_store_dir
+    from pipeline.training.data import Inputs
     from pipeline.training.evaluate import evaluate_model
-    from pipeline.training.retrieval import RETRIEVAL_TABLE, build_retrieval_index, find_retrieval_candidates
+    from pipeline.training.retrieval import build_retrieval_index, find_retrieval_candidates
     from pipeline.training.settings import TrainingSettings
     from pipeline.training.train import train_mmoe
 
@@ -52,19 +52,15 @@ def run_variant(args, weight: float) -> dict:
     settings = TrainingSettings(retrieval_loss_weight=weight, retrieval_rounds=args.rounds, progress=False,
                                 device=args.device, full_kb=True, rerank_k=args.k)
     device = settings.torch_device()
-    inputs = Inputs.open(lake)
     started = time.perf_counter()
-    model = train_mmoe(lake, settings, inputs).as_dict()
+    model = train_mmoe(lake, settings).as_dict()
     training_seconds = time.perf_counter() - started
-    index_settings = IndexSettings()
-    built = build_retrieval_index(lake, model, index_settings, device)
-    mentions = FeatureStore.open(mention_store_dir(lake))
-    candidates = find_retrieval_candidates(lake, model, mentions, index_settings, args.k, device)
-    report = evaluate_model(lake, settings, model, inputs, write_predictions=False,
-                            retrieval=inputs.candidates_from(RETRIEVAL_TABLE),
-                            retrieval_fingerprint=lake.table_fingerprint(RETRIEVAL_TABLE) or "",
-                            out_dir=lake.root / "bench")
-    zero_shot = lake.table_extra("mention_candidates")
+    index_settings = IndexSettings(candidates_per_mention=args.k)
+    built = build_retrieval_index(lake, index_settings, device=device)
+    candidates = find_retrieval_candidates(lake, index_settings, device=device)
+    report = evaluate_model(lake, settings, model, Inputs.open(lake), write_predictions=False,
+                            trained_candidates=True, out_dir=lake.root / "bench")
+    zero_shot = lake.table_extra(catalog.MENTION_CANDIDATES)
     return {"weight": weight, "model": model, "training_seconds": training_seconds,
             "index_seconds": built.index.seconds, "report": report, "search_ms": {
                 "trained": 1000 * candidates.stats["search_seconds"] / max(candidates.stats["searched"], 1),

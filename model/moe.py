@@ -79,7 +79,7 @@ class SwitchMoE(nn.Module):
     """Mixture of `num_experts` feed-forward experts; the router may look at a different input than x.
 
     Experts run densely on all positions (4 small FFNs; sparse dispatch does not pay at this size) and are
-    combined with the gate's weights.
+    combined with the gate's weights. `gate_mode` is "reference" or "topk" (checked by `MMoEConfig`).
     """
 
     def __init__(
@@ -94,8 +94,6 @@ class SwitchMoE(nn.Module):
         gate_dim: Optional[int] = None,
     ):
         super().__init__()
-        if gate_mode not in ("topk", "reference"):
-            raise ValueError(f"unknown gate_mode {gate_mode!r}")
         self.top_k = top_k
         self.gate_mode = gate_mode
         self.experts = nn.ModuleList(Expert(dim, out_dim, mult, dropout) for _ in range(num_experts))

@@ -1,4 +1,4 @@
-"""The demo dataset generator, `pipeline.demo`: what it writes and what it promises.
+"""The demo dataset generator, `synthetic.demo`: what it writes and what it promises.
 
 Read top to bottom, these tests document the format (the MIMIC layout used by
 WikiMEL / RichpediaMEL / WikiDiverse, plus a WikiData dump fixture) and the
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipeline.demo import DEMO_GENERATOR_VERSION, ensure_demo_dataset, generate_demo_dataset, is_complete
-from pipeline.demo import dataset as dataset_module
-from pipeline.demo.__main__ import main as cli_main
-from pipeline.demo.visuals import FOREGROUND_COLOURS
-from pipeline.demo.vocabulary import GENERIC_PHRASES, KINDS
+from synthetic.demo import DEMO_GENERATOR_VERSION, ensure_demo_dataset, generate_demo_dataset, is_complete
+from synthetic.demo import dataset as dataset_module
+from synthetic.demo.__main__ import main as cli_main
+from synthetic.demo.visuals import FOREGROUND_COLOURS
+from synthetic.demo.vocabulary import GENERIC_PHRASES, KINDS
 
 SMALL = dict(num_entities=60, num_mentions=120)
 TINY = dict(num_entities=20, num_mentions=30)

@@ -11,7 +11,8 @@ from assets.features import ClipResource
 from assets.index import IndexResource
 from assets.resources import LakeResource
 from pipeline.lake import Lake
-from pipeline.training.synthetic import build_synthetic_lake
+from synthetic.stores import build_synthetic_lake
+from tests.conftest import metadata_of
 
 SMALL = dict(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, device="cpu")
 
@@ -23,15 +24,10 @@ def materialize(lake_root, instance, checks=(training.mmoe_beats_zero_shot,), **
     return dg.materialize(
         [training.mmoe_model, retrieval.retrieval_index, retrieval.retrieval_candidates, training.evaluation, *checks],
         instance=instance,
-        resources={"lake": LakeResource(root=str(lake_root)), "clip": ClipResource(), "index": IndexResource(top_k=20),
+        resources={"lake": LakeResource(root=str(lake_root)), "index": IndexResource(candidates_per_mention=20),
                    "training": training.TrainingResource(**{**SMALL, **settings})},
         raise_on_error=False,
     )
-
-
-def metadata_of(result, asset):
-    [event] = result.asset_materializations_for_node(asset)
-    return {name: value.value for name, value in event.metadata.items()}
 
 
 def test_training_and_evaluation_show_epochs_metrics_comparison_and_histogram(tmp_path):

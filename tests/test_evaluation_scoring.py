@@ -9,19 +9,22 @@ import pytest
 import torch
 
 from model import MMoEMatcher, load_checkpoint
+from pipeline import catalog
 from pipeline.errors import MELUserError
 from pipeline.features.store import FeatureStore
 from pipeline.lake import Lake
 from pipeline.training.baselines import zero_shot_ranks
-from pipeline.training.data import Inputs, mention_store_dir, read_features
-from pipeline.training.evaluate import PREDICTIONS_SCHEMA, evaluate_model, rank_bins
+from pipeline.training.data import Inputs, read_features
+from pipeline.training.evaluate import evaluate_model
+from pipeline.training.predictions import PREDICTIONS_SCHEMA
 from pipeline.training.scoring import rank_mentions
-from pipeline.training.settings import TrainingSettings
-from pipeline.training.synthetic import SyntheticWorld, append_mentions, build_synthetic_lake, rewrite_store
+from pipeline.training.summaries import rank_bins
 from pipeline.training.train import train_mmoe
+from synthetic.stores import SyntheticWorld, append_mentions, build_synthetic_lake, rewrite_store
+from tests.conftest import SMALL_TRAINING as SMALL
+from tests.conftest import train_into
 
 CPU = torch.device("cpu")
-SMALL = TrainingSettings(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, progress=False, device="cpu")
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -96,7 +99,7 @@ def test_evaluation_writes_predictions_metrics_baselines_and_histogram(trained):
     lake, report = trained
     result = evaluate_model(lake, SMALL.replace(full_kb=True), report.as_dict())
 
-    table = lake.read_table("predictions")
+    table = lake.read_table(catalog.PREDICTIONS)
     assert table.schema.remove_metadata() == PREDICTIONS_SCHEMA
     mentions = Inputs.open(lake).mentions
     dev_and_test = int(np.isin(mentions.split, ["dev", "test"]).sum())
@@ -126,18 +129,18 @@ def test_an_unchanged_evaluation_is_reused(trained):
 
 def predictions_by_mention(lake) -> dict:
     return {(row["mention_id"], row["scoring"]): (row["gold_rank"], row["top_entities"])
-            for row in lake.read_table("predictions").to_pylist()}
+            for row in lake.read_table(catalog.PREDICTIONS).to_pylist()}
 
 
 def test_after_new_test_mentions_only_they_are_ranked_and_the_metrics_equal_a_fresh_evaluation(tmp_path):
     lake = build_synthetic_lake(Lake(tmp_path / "lake"))
     settings = SMALL.replace(full_kb=True)
-    model = train_mmoe(lake, settings.replace(epochs=1), runs_dir=tmp_path / "runs").as_dict()
+    model = train_into(lake, settings.replace(epochs=1), tmp_path / "runs").as_dict()
     first = evaluate_model(lake, settings, model)
     new_ids = append_mentions(lake, split="test", count=24)
     fresh = Lake(tmp_path / "fresh")
     shutil.copytree(lake.root, fresh.root)
-    fresh.table_path("predictions").unlink()  # the fresh copy evaluates from scratch
+    fresh.table_path(catalog.PREDICTIONS).unlink()  # the fresh copy evaluates from scratch
 
     incremental = evaluate_model(lake, settings, model)
     from_scratch = evaluate_model(fresh, settings, model)
@@ -153,13 +156,13 @@ def test_after_new_test_mentions_only_they_are_ranked_and_the_metrics_equal_a_fr
 
 def test_a_changed_mention_is_ranked_again_and_the_others_are_reused(tmp_path):
     lake = build_synthetic_lake(Lake(tmp_path / "lake"))
-    model = train_mmoe(lake, SMALL.replace(epochs=1), runs_dir=tmp_path / "runs").as_dict()
+    model = train_into(lake, SMALL.replace(epochs=1), tmp_path / "runs").as_dict()
     evaluate_model(lake, SMALL, model)
-    row = FeatureStore.open(mention_store_dir(lake)).row_of("test:3")[0]
+    row = FeatureStore.open(catalog.mention_store_dir(lake)).row_of("test:3")[0]
 
     def nudge(features):
-        features["text_pooled"][row] += 1
-    rewrite_store(mention_store_dir(lake), nudge)
+        features.text_embeds[row] += 1
+    rewrite_store(catalog.mention_store_dir(lake), nudge)
     again = evaluate_model(lake, SMALL, model)
 
     assert not again.reused and (again.mentions_ranked, again.mentions_reused) == (1, 47)
@@ -182,21 +185,21 @@ def test_zero_shot_ranks_match_a_brute_force_cosine(trained):
 
 def test_unusable_mentions_become_failure_rows_and_misses(tmp_path):
     lake = build_synthetic_lake(Lake(tmp_path))
-    kept = [i for i in FeatureStore.open(mention_store_dir(lake)).ids.tolist() if i != "test:0"]
+    kept = [i for i in FeatureStore.open(catalog.mention_store_dir(lake)).ids.tolist() if i != "test:0"]
 
     def poison(features):
-        features["image_tokens"][kept.index("test:1"), 0, 0] = np.inf
-    rewrite_store(mention_store_dir(lake), poison, drop=("test:0",))
-    report = train_mmoe(lake, SMALL.replace(epochs=1), runs_dir=tmp_path / "runs")
+        features.image_tokens[kept.index("test:1"), 0, 0] = np.inf
+    rewrite_store(catalog.mention_store_dir(lake), poison, drop=("test:0",))
+    report = train_into(lake, SMALL.replace(epochs=1), tmp_path / "runs")
 
     evaluate_model(lake, SMALL, report.as_dict())
 
-    rows = {row["mention_id"]: row for row in lake.read_table("predictions").to_pylist()}
+    rows = {row["mention_id"]: row for row in lake.read_table(catalog.PREDICTIONS).to_pylist()}
     assert rows["test:0"]["problem"].startswith("no row in the mention feature store")
     assert rows["test:1"]["problem"] == "mention features: NaN/Inf in image_tokens"
     for mention_id in ("test:0", "test:1"):
         assert rows[mention_id]["gold_rank"] == SMALL.rerank_k + 1 and rows[mention_id]["top_entities"] == []
-    metrics = lake.table_extra("predictions")["metrics"]
+    metrics = lake.table_extra(catalog.PREDICTIONS)["metrics"]
     test = next(row for row in metrics if row["split"] == "test")
     assert test["unscored"] == 2
 
@@ -216,7 +219,7 @@ def test_a_model_trained_on_another_encoder_is_refused(trained):
 
 def test_an_empty_test_split_names_the_split(tmp_path):
     lake = build_synthetic_lake(Lake(tmp_path), SyntheticWorld(mentions={"train": 40, "dev": 10, "test": 0}))
-    report = train_mmoe(lake, SMALL.replace(epochs=1), runs_dir=tmp_path / "runs")
+    report = train_into(lake, SMALL.replace(epochs=1), tmp_path / "runs")
     with pytest.raises(MELUserError, match="The test split has no linkable"):
         evaluate_model(lake, SMALL, report.as_dict())
 
@@ -225,7 +228,7 @@ def test_reference_gate_ranks_with_the_public_chunking(tmp_path):
     dims = {"D": 16, "L": 5, "Wt": 16, "P1": 5, "Wv": 12}
     lake = build_synthetic_lake(Lake(tmp_path), SyntheticWorld(dims=dims, top_k=60))
     settings = SMALL.replace(gate_mode="reference", epochs=1, rerank_k=60)
-    matcher = matcher_of(train_mmoe(lake, settings, runs_dir=tmp_path / "runs"))
+    matcher = matcher_of(train_into(lake, settings, tmp_path / "runs"))
 
     _, positions, reranked = ranks(lake, matcher, rerank_k=60)
     _, _, full = ranks(lake, matcher, rerank_k=60, full_kb=True)

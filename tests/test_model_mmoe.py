@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from model import (
+    ROUTED_SEQUENCES,
     CheckpointConfigMismatch,
     MMoEConfig,
     MMoEFeatures,
     MMoEMatcher,
     NonFiniteFeatureError,
-    ROUTED_SEQUENCES,
     SwitchMoE,
     check_finite_features,
     load_checkpoint,

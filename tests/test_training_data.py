@@ -1,26 +1,26 @@
 """Training inputs: opening the stores and tables, consistency checks, batches with hard negatives.
 
 The lake is synthetic but written by the real writers (feature store, Parquet tables, FAISS index and
-candidate search): `pipeline.training.synthetic`."""
+candidate search): `synthetic.stores`."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
+from pipeline import catalog
 from pipeline.errors import MELUserError
 from pipeline.lake import Lake
-from pipeline.training.data import (Inputs, NonFiniteFeatures, epoch_batches, mention_store_dir, read_features,
-                                    train_set)
-from pipeline.training.synthetic import SyntheticWorld, build_synthetic_lake, rewrite_store
-
+from pipeline.training.batches import epoch_batches, train_set
+from pipeline.training.data import Inputs, NonFiniteFeatures, read_features
+from synthetic.stores import SyntheticWorld, build_synthetic_lake, rewrite_store
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Inputs:
-    return Inputs.open(build_synthetic_lake(Lake(tmp_path_factory.mktemp("lake"))))
+def inputs(synthetic_lake) -> Inputs:
+    return Inputs.open(synthetic_lake)
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def fresh_lake(tmp_path) -> Lake:
 
 def test_every_mention_is_joined_with_its_store_rows_gold_and_candidates(inputs):
     mentions = inputs.mentions
-    table = inputs.lake.read_table("mention_candidates").to_pylist()
+    table = inputs.lake.read_table(catalog.MENTION_CANDIDATES).to_pylist()
     assert len(mentions.ids) == len(table) == 144
     first = table[0]
     position = list(mentions.ids).index(first["mention_id"])
@@ -101,8 +101,8 @@ def test_text_padding_shared_by_the_whole_batch_is_trimmed(inputs):
 
 def test_a_nan_feature_row_stops_with_the_mention_id_and_tensor(fresh_lake):
     def poison(features):
-        features["text_tokens"][5, 0, 0] = np.nan
-    rewrite_store(mention_store_dir(fresh_lake), poison)
+        features.text_tokens[5, 0, 0] = np.nan
+    rewrite_store(catalog.mention_store_dir(fresh_lake), poison)
     inputs = Inputs.open(fresh_lake)
     rows = np.arange(8)
 
@@ -111,26 +111,26 @@ def test_a_nan_feature_row_stops_with_the_mention_id_and_tensor(fresh_lake):
 
 
 def test_a_mention_store_from_another_encoder_is_refused(fresh_lake):
-    rewrite_store(mention_store_dir(fresh_lake), encoder={"arch": "ViT-B-32", "weights": "pretrained:openai"})
+    rewrite_store(catalog.mention_store_dir(fresh_lake), encoder={"arch": "ViT-B-32", "weights": "pretrained:openai"})
     with pytest.raises(MELUserError, match="mention feature store .* by ViT-B-32 .*arch: 'synthetic' vs 'ViT-B-32'"):
         Inputs.open(fresh_lake)
 
 
 def test_an_index_built_from_another_encoder_is_refused(fresh_lake):
     other = {"arch": "ViT-L-14", "weights": "pretrained:openai"}
-    for store in ("entity_features", "mention_features"):
-        rewrite_store(fresh_lake.root / "features" / store, encoder=other)
+    for store in (catalog.entity_store_dir(fresh_lake), catalog.mention_store_dir(fresh_lake)):
+        rewrite_store(store, encoder=other)
     with pytest.raises(MELUserError, match="entity index"):
         Inputs.open(fresh_lake)
 
 
 def test_candidates_naming_entities_the_store_lacks_are_refused(fresh_lake):
-    table = fresh_lake.read_table("mention_candidates")
+    table = fresh_lake.read_table(catalog.MENTION_CANDIDATES)
     lists = table.column("candidates").to_pylist()
     lists[0] = [999] + lists[0][1:]
     table = table.set_column(table.schema.get_field_index("candidates"), "candidates",
                              pa.array(lists, pa.list_(pa.int64())))
-    fresh_lake.write_table("mention_candidates", table, "edited")
+    fresh_lake.write_table(catalog.MENTION_CANDIDATES, table, "edited")
     with pytest.raises(MELUserError, match=r"KB indices \[999\] for mention train:0"):
         Inputs.open(fresh_lake)
 

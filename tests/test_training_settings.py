@@ -1,8 +1,11 @@
 """TrainingSettings: presets, learning rates, the matcher config they imply, and clear errors."""
 
+import dataclasses
+
 import pytest
 
 from pipeline.errors import MELUserError
+from pipeline.settings import SettingError, doc_of
 from pipeline.training.settings import HEAD_LR, TrainingSettings
 
 DIMS = {"D": 256, "L": 50, "Wt": 256, "P1": 50, "Wv": 256}
@@ -38,21 +41,27 @@ def test_the_recipe_leaves_out_what_does_not_change_the_weights():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"preset": "imagenet"}, "TrainingResource.preset 'imagenet'"),
-    ({"gate_mode": "dense"}, "TrainingResource.gate_mode 'dense'"),
-    ({"top_k": 5}, "TrainingResource.top_k (5) must be between 1 and num_experts (4)"),
-    ({"batch_size": 0}, "TrainingResource.batch_size must be at least 1"),
+    ({"preset": "imagenet"}, "preset 'imagenet'"),
+    ({"gate_mode": "dense"}, "gate_mode 'dense'"),
+    ({"top_k": 5}, "top_k (5) must be between 1 and num_experts (4)"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
     ({"hard_negatives": 30}, "hard_negatives (30) exceeds hard_negative_pool (20)"),
-    ({"lr": -1.0}, "TrainingResource.lr must not be negative"),
+    ({"lr": -1.0}, "lr must not be negative"),
 ])
 def test_bad_settings_name_the_field(changes, message):
-    with pytest.raises(MELUserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        TrainingSettings(**changes).validate()
+    with pytest.raises(MELUserError, match=message.replace("(", r"\(").replace(")", r"\)")) as refused:
+        TrainingSettings(**changes)
+    assert isinstance(refused.value, SettingError) and refused.value.settings is TrainingSettings
+    assert refused.value.message.startswith(next(iter(changes))) and "Resource" not in refused.value.message
 
 
 def test_unknown_units_are_named():
-    with pytest.raises(MELUserError, match=r"TrainingResource.units names \['audio'\]"):
+    with pytest.raises(MELUserError, match=r"units names \['audio'\]"):
         TrainingSettings(units=("text", "audio"))
+
+
+def test_every_setting_is_documented():
+    assert all(doc_of(field) for field in dataclasses.fields(TrainingSettings))
 
 
 def test_a_store_whose_text_and_embedding_widths_differ_is_refused():

@@ -8,26 +8,25 @@ import torch
 from safetensors.torch import load_file
 
 from model import MMoEMatcher, load_checkpoint, ranking_metrics
+from pipeline import catalog
 from pipeline.errors import MELUserError
 from pipeline.features.store import FeatureStore
 from pipeline.lake import Lake
-from pipeline.training.data import Inputs, entity_store_dir, mention_store_dir
+from pipeline.training.data import Inputs
 from pipeline.training.scoring import rank_mentions
-from pipeline.training.settings import TrainingSettings
-from pipeline.training.synthetic import (SyntheticWorld, append_mentions, build_synthetic_lake, index_candidates,
-                                         rewrite_store)
-from pipeline.training.train import NonFiniteLoss, current_model, train_mmoe
-
-SMALL = TrainingSettings(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, progress=False,
-                         device="cpu")
-
+from pipeline.training.train import train_mmoe, train_model
+from pipeline.training.trained import current_model
+from pipeline.training.trainer import NonFiniteLoss
+from synthetic.stores import SyntheticWorld, append_mentions, build_synthetic_lake, index_candidates, rewrite_store
+from tests.conftest import SMALL_TRAINING as SMALL
+from tests.conftest import train_into
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Lake:
-    return build_synthetic_lake(Lake(tmp_path_factory.mktemp("lake")))
+def lake(synthetic_lake) -> Lake:
+    return synthetic_lake
 
 
 def train_mrr(matcher, inputs) -> float:
@@ -43,7 +42,7 @@ def test_training_lowers_the_loss_and_ranks_train_mentions_better(lake, tmp_path
     torch.manual_seed(settings.seed)
     untrained = MMoEMatcher(settings.model_config(inputs.dims))
 
-    report = train_mmoe(lake, settings, inputs, runs_dir=tmp_path)
+    report = train_model(inputs, settings, tmp_path)
 
     losses = [epoch["loss"] for epoch in report.history]
     assert len(losses) == 5 and losses[-1] < 0.8 * losses[0]
@@ -55,15 +54,15 @@ def test_training_lowers_the_loss_and_ranks_train_mentions_better(lake, tmp_path
 
 def test_a_crashed_run_resumes_after_its_last_epoch_and_ends_where_an_uninterrupted_run_ends(lake, tmp_path):
     settings = SMALL.replace(patience=0)
-    uninterrupted = train_mmoe(lake, settings, runs_dir=tmp_path / "a")
+    uninterrupted = train_into(lake, settings, tmp_path / "a")
 
     def crash(epoch):
         if epoch == 1:
             raise KeyboardInterrupt("simulated crash after epoch 1")
 
     with pytest.raises(KeyboardInterrupt):
-        train_mmoe(lake, settings, runs_dir=tmp_path / "b", after_epoch=crash)
-    resumed = train_mmoe(lake, settings, runs_dir=tmp_path / "b")
+        train_into(lake, settings, tmp_path / "b", after_epoch=crash)
+    resumed = train_into(lake, settings, tmp_path / "b")
 
     assert resumed.resumed_from_epoch == 1 and not resumed.reused
     assert [e["dev_mrr"] for e in resumed.history] == [e["dev_mrr"] for e in uninterrupted.history]
@@ -75,7 +74,7 @@ def test_a_crashed_run_resumes_after_its_last_epoch_and_ends_where_an_uninterrup
 
 
 def test_checkpoints_are_safetensors_and_json_and_only_the_last_and_best_epochs_stay(lake, tmp_path):
-    report = train_mmoe(lake, SMALL.replace(patience=0), runs_dir=tmp_path)
+    report = train_into(lake, SMALL.replace(patience=0), tmp_path)
     run = tmp_path / report.fingerprint[:20]
     files = {path.name for path in run.rglob("*") if path.is_file()}
     assert files == {"training.json", "model.safetensors", "config.json", "optimizer.safetensors", "optimizer.json",
@@ -88,9 +87,9 @@ def test_checkpoints_are_safetensors_and_json_and_only_the_last_and_best_epochs_
 
 def test_an_unchanged_run_is_reused_and_a_changed_setting_trains_anew(lake, tmp_path):
     settings = SMALL.replace(epochs=1)
-    first = train_mmoe(lake, settings, runs_dir=tmp_path)
-    again = train_mmoe(lake, settings.replace(rerank_k=10, eval_batch_size=7), runs_dir=tmp_path)
-    changed = train_mmoe(lake, settings.replace(hard_negatives=1), runs_dir=tmp_path)
+    first = train_into(lake, settings, tmp_path)
+    again = train_into(lake, settings.replace(rerank_k=10, eval_batch_size=7), tmp_path)
+    changed = train_into(lake, settings.replace(hard_negatives=1), tmp_path)
 
     assert again.reused and again.checkpoint == first.checkpoint
     assert not changed.reused and changed.fingerprint != first.fingerprint
@@ -99,29 +98,29 @@ def test_an_unchanged_run_is_reused_and_a_changed_setting_trains_anew(lake, tmp_
 def test_new_test_mentions_reuse_the_run_and_a_changed_train_mention_retrains(tmp_path):
     lake = build_synthetic_lake(Lake(tmp_path / "lake"))
     settings = SMALL.replace(epochs=1)
-    first = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+    first = train_into(lake, settings, tmp_path / "runs")
     before = Inputs.open(lake).fingerprints()
 
     append_mentions(lake, split="test", count=24)  # new rows in mentions, the mention store and candidates
-    after_new_test_mentions = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+    after_new_test_mentions = train_into(lake, settings, tmp_path / "runs")
 
     changed = {name for name, value in Inputs.open(lake).fingerprints().items() if before[name] != value}
     assert changed == {"mentions", "mention_store", "mention_candidates"}  # every table training opens changed
     assert after_new_test_mentions.reused and after_new_test_mentions.fingerprint == first.fingerprint
 
-    train_row = FeatureStore.open(mention_store_dir(lake)).row_of("train:0")[0]
+    train_row = FeatureStore.open(catalog.mention_store_dir(lake)).row_of("train:0")[0]
 
     def nudge(features):
-        features["text_pooled"][train_row] += 1
-    rewrite_store(mention_store_dir(lake), nudge)
-    after_changed_train_mention = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+        features.text_embeds[train_row] += 1
+    rewrite_store(catalog.mention_store_dir(lake), nudge)
+    after_changed_train_mention = train_into(lake, settings, tmp_path / "runs")
 
     assert not after_changed_train_mention.reused and after_changed_train_mention.fingerprint != first.fingerprint
 
 
 def nudge_row(row: int):
     def edit(features):
-        features["image_tokens"][row] += 1  # a new content key; the pooled vectors, hence the candidates, stay
+        features.image_tokens[row] += 1  # a new content key; the pooled vectors, hence the candidates, stay
     return edit
 
 
@@ -134,14 +133,14 @@ def test_a_kb_entity_that_no_train_or_dev_mention_reads_does_not_retrain(tmp_pat
                                                           for row in mentions.candidates[p].tolist()}
     unread = min(set(range(world.entities)) - read)
     settings = SMALL.replace(epochs=1)
-    first = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+    first = train_into(lake, settings, tmp_path / "runs")
 
-    rewrite_store(entity_store_dir(lake), nudge_row(unread))
+    rewrite_store(catalog.entity_store_dir(lake), nudge_row(unread))
     index_candidates(lake, world.top_k)
-    after_unread_entity = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
-    rewrite_store(entity_store_dir(lake), nudge_row(min(read)))
+    after_unread_entity = train_into(lake, settings, tmp_path / "runs")
+    rewrite_store(catalog.entity_store_dir(lake), nudge_row(min(read)))
     index_candidates(lake, world.top_k)
-    after_read_entity = train_mmoe(lake, settings, runs_dir=tmp_path / "runs")
+    after_read_entity = train_into(lake, settings, tmp_path / "runs")
 
     assert after_unread_entity.reused and after_unread_entity.fingerprint == first.fingerprint
     assert not after_read_entity.reused
@@ -158,23 +157,23 @@ def test_the_lake_records_the_current_model_for_evaluation(tmp_path):
 def test_a_nan_loss_stops_training_with_epoch_step_and_mention_ids(lake, tmp_path):
     explosive = SMALL.replace(lr=1e30)  # AdamW steps of ~1e30 overflow the next forward pass
     with pytest.raises(NonFiniteLoss, match=r"at epoch 1, step \d+ \(batch mention ids \['train:\d+'"):
-        train_mmoe(lake, explosive, runs_dir=tmp_path)
+        train_into(lake, explosive, tmp_path)
     assert not any((tmp_path).rglob("model.safetensors")), "nothing was checkpointed from the broken epoch"
 
 
 def test_an_empty_dev_split_is_a_clear_error(tmp_path):
     lake = build_synthetic_lake(Lake(tmp_path), SyntheticWorld(mentions={"train": 40, "dev": 0, "test": 10}))
     with pytest.raises(MELUserError, match="The dev split has no linkable"):
-        train_mmoe(lake, SMALL, runs_dir=tmp_path / "runs")
+        train_into(lake, SMALL, tmp_path / "runs")
 
 
 def test_reference_gate_trains_when_text_and_image_token_counts_match(lake, tmp_path):
     with pytest.raises(MELUserError, match="needs as many text token states as image tokens"):
-        train_mmoe(lake, SMALL.replace(gate_mode="reference"), runs_dir=tmp_path)
+        train_into(lake, SMALL.replace(gate_mode="reference"), tmp_path)
     dims = {"D": 16, "L": 5, "Wt": 16, "P1": 5, "Wv": 12}
     matching = build_synthetic_lake(Lake(tmp_path / "matching"), SyntheticWorld(dims=dims))
 
-    report = train_mmoe(matching, SMALL.replace(gate_mode="reference", epochs=1, rerank_k=5), runs_dir=tmp_path)
+    report = train_into(matching, SMALL.replace(gate_mode="reference", epochs=1, rerank_k=5), tmp_path)
 
     assert report.config["gate_mode"] == "reference" and report.config["aux_loss_weight"] == 0
     assert np.isfinite(report.history[0]["loss"]) and 0 < report.best_dev["mrr"] <= 1

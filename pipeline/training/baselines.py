@@ -1,10 +1,10 @@
-"""Baselines and ablations, on the same split and the same rank conventions as the MMoE evaluation.
+"""Zero-shot baselines, on the same split and the same rank conventions as the MMoE evaluation.
 
 Zero-shot CLIP: cosine of the pooled CLIP vectors of mention and entity (text, image, or the mean of both), over
 every entity of the KB, ties counted against the gold. CLIP features of a missing image are those of the zero
 image (as stored), which is what the paper's CLIP baseline sees.
 
-Ablations: the same training recipe with one thing changed (`ABLATIONS`); "no description" trains and
+The ablations (bench/ablations.py) train the same recipe with one thing changed; "no description" trains and
 evaluates on a second mention store whose texts were built without the description
 (`description_source="none"`), reranking the same FAISS candidates, so only the matcher's input differs.
 """
@@ -21,16 +21,6 @@ from pipeline.training.data import Mentions
 MODALITIES = ("text", "image", "both")
 SIMILARITY_BATCH = 256  # mentions per similarity block: [batch, E] float32 in memory
 ENTITY_CHUNK = 16384  # entity rows read from the memory-mapped store at a time
-
-# Ablation name -> settings changes (see bench/ablations.py). "no_description" also swaps the mention store.
-ABLATIONS = {
-    "mmoe": {},
-    "no_description": {},
-    "text_unit_only": {"units": ("text",)},
-    "vision_unit_only": {"units": ("image",)},
-    "no_inter_level_moe": {"units": ("text", "image")},
-    "reference_gate": {"gate_mode": "reference"},
-}
 
 
 def zero_shot_ranks(entities: FeatureStore, mention_store: FeatureStore, mentions: Mentions, positions: np.ndarray,

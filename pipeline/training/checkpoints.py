@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model import LoadedCheckpoint, MMoEConfig, MMoEMatcher, load_checkpoint, save_checkpoint
-from pipeline.lake import TEMP_MARKER, write_text_atomic
+from pipeline.atomic import TEMP_MARKER, write_text_atomic
 
 STATE_FILE = "training.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"

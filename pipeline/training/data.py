@@ -1,19 +1,8 @@
 """What training and evaluation read: the two feature stores, the mentions and their FAISS candidates.
 
-Everything comes from the lake; CLIP never runs here. Features are read row by row from the memory-mapped
-feature stores (`FeatureStore.take` copies only the selected rows), so a KB of any size costs the RAM of a
-batch.
-
-Batches (training). A batch holds B train mentions in an order drawn from (seed, epoch), and as entity
-columns the golds of those mentions plus `hard_negatives` per mention, sampled among its best
-`hard_negative_pool` FAISS candidates other than its gold. The columns are deduplicated: when two
-mentions share a gold (or a hard negative of one is the gold of another) the entity appears once, and each
-mention's target is the column of its own gold. So no mention is ever trained against a copy of its own gold
-as a negative, and every other column is a true negative for it. This keeps every mention of the epoch
-(sampling batches with distinct golds would drop or delay mentions of popular entities).
-
-Data order and negatives depend only on (seed, epoch): a run resumed at epoch e draws exactly the batches the
-uninterrupted run drew.
+Everything comes from the lake, through `pipeline.catalog`; CLIP never runs here. Features are read row by
+row from the memory-mapped feature stores (`FeatureStore.take` copies only the selected rows), so a KB of any
+size costs the RAM of a batch. The training batches drawn from these inputs are in `batches.py`.
 
 Bad input stops with a MELUserError naming the store, the ids and what is wrong: NaN/Inf in a feature row
 (checked on every batch), a text without any real token, stores or index written by different encoders,
@@ -28,36 +17,25 @@ touches are not read by training, so changing them does not retrain.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from model import MMoEFeatures, NonFiniteFeatureError, check_finite_features
 from model.features import nonfinite_rows
+from pipeline import catalog
 from pipeline.errors import MELUserError
-from pipeline.features import mention_store_name, store_dir
-from pipeline.features.store import FeatureBatch, FeatureStore
+from pipeline.features.store import FeatureStore
 from pipeline.hashing import hash_strings
-from pipeline.index.faiss_index import index_dir, read_index_config
+from pipeline.index import stored_index_identity
 from pipeline.lake import Lake
 
-CANDIDATES_TABLE = "mention_candidates"
 NO_MENTION_FEATURES = "no row in the mention feature store"
 NO_GOLD_FEATURES = "the gold entity has no row in the entity feature store"
 NO_CANDIDATES_ROW = "no row in mention_candidates (re-materialize it)"
 TRAINING_SPLITS = ("train", "dev")  # what training reads: train mentions, and dev mentions for model selection
 NO_ROW_KEY = "-"  # the content key of an item that has no row in its store
-
-
-def entity_store_dir(lake: Lake) -> Path:
-    return store_dir(lake, "entity_features")
-
-
-def mention_store_dir(lake: Lake, description_source: str = "auto") -> Path:
-    """The mention store that `mention_features` writes for this ClipResource.description_source."""
-    return store_dir(lake, mention_store_name(description_source))
 
 
 @dataclass
@@ -136,24 +114,26 @@ class Inputs:
                 "encoder": json.dumps(self.entities.encoder, sort_keys=True)}
 
     @classmethod
-    def open(cls, lake: Lake, mention_store: Path | None = None, entity_store: Path | None = None) -> "Inputs":
-        """Open the stores (defaults: the lake's `features/entity` and `features/mention`) and the tables.
+    def open(cls, lake: Lake) -> "Inputs":
+        """Open the entity store, the mention store of the lake's description source
+        (`catalog.mention_store_dir`) and the tables.
 
-        `mention_store` may point at a second mention store (e.g. built without descriptions, for the
-        ablation); it must come from the same encoder as the entity store and cover the same mention ids.
+        Another description source (e.g. "none", built without descriptions, for the ablation) has a mention
+        store of its own; it must come from the same encoder as the entity store and cover the same mention ids.
         """
-        entities = FeatureStore.open(entity_store or entity_store_dir(lake))
-        mentions_store = FeatureStore.open(mention_store or mention_store_dir(lake))
-        check_same_encoder(entities, mentions_store, read_index_config(index_dir(lake)))
-        table = _read_table(lake, "mentions", ["mention_id", "split", "gold_index", "is_nil"])
-        candidates = _read_table(lake, CANDIDATES_TABLE, ["mention_id", "candidates", "problem"])
+        entities = FeatureStore.open(catalog.entity_store_dir(lake))
+        mentions_store = FeatureStore.open(catalog.mention_store_dir(lake))
+        check_same_encoder(entities, mentions_store, stored_index_identity(catalog.entity_index_dir(lake)))
+        table = _read_table(lake, catalog.MENTIONS, ["mention_id", "split", "gold_index", "is_nil"])
+        candidates = _read_table(lake, catalog.MENTION_CANDIDATES, ["mention_id", "candidates", "problem"])
         mentions = _join(table, candidates, entities, mentions_store)
-        return cls(lake, entities, mentions_store, mentions, lake.table_fingerprint(CANDIDATES_TABLE) or "",
-                   lake.table_fingerprint("mentions") or "")
+        return cls(lake, entities, mentions_store, mentions,
+                   lake.table_fingerprint(catalog.MENTION_CANDIDATES) or "",
+                   lake.table_fingerprint(catalog.MENTIONS) or "")
 
     def candidates_from(self, table_name: str) -> Mentions:
         """The same mentions with the candidate lists of another candidates table (e.g. the trained index's)."""
-        table = _read_table(self.lake, "mentions", ["mention_id", "split", "gold_index", "is_nil"])
+        table = _read_table(self.lake, catalog.MENTIONS, ["mention_id", "split", "gold_index", "is_nil"])
         candidates = _read_table(self.lake, table_name, ["mention_id", "candidates", "problem"])
         return _join(table, candidates, self.entities, self.mentions_store, table_name)
 
@@ -195,7 +175,7 @@ def _differences(expected: dict, found: dict | None) -> str:
 
 
 def _join(table, candidates, entities: FeatureStore, mention_store: FeatureStore,
-          table_name: str = CANDIDATES_TABLE) -> Mentions:
+          table_name: str = catalog.MENTION_CANDIDATES) -> Mentions:
     ids = np.asarray(table.column("mention_id").to_pylist(), dtype=str)
     gold = np.asarray([-1 if g is None else g for g in table.column("gold_index").to_pylist()], dtype=np.int64)
     is_nil = np.asarray(table.column("is_nil").to_pylist(), dtype=bool)
@@ -292,7 +272,7 @@ def load_features(store: FeatureStore, rows: np.ndarray, device: torch.device,
     batch = store.take(rows)
     if not reference:
         batch = _trim_text(batch)
-    features = as_features(batch.to(device)).to(dtype=torch.float32)
+    features = batch.to(device).to(dtype=torch.float32)  # float16 crosses to the device: half the bytes
     if reference:
         features.text_mask = None
     problems: list[str | None] = [None] * len(rows)
@@ -306,17 +286,10 @@ def load_features(store: FeatureStore, rows: np.ndarray, device: torch.device,
     return features, problems
 
 
-def as_features(batch: FeatureBatch) -> MMoEFeatures:
-    return MMoEFeatures(text_embeds=batch.text_pooled, text_tokens=batch.text_tokens,
-                        image_embeds=batch.image_pooled, image_tokens=batch.image_tokens,
-                        text_mask=batch.text_mask, has_image=batch.has_image)
-
-
-def _trim_text(batch: FeatureBatch) -> FeatureBatch:
+def _trim_text(batch: MMoEFeatures) -> MMoEFeatures:
     used = batch.text_mask.any(dim=0).nonzero()
     length = int(used.max()) + 1 if len(used) else 1
-    return FeatureBatch(batch.text_pooled, batch.text_tokens[:, :length], batch.text_mask[:, :length],
-                        batch.image_pooled, batch.image_tokens, batch.has_image)
+    return replace(batch, text_tokens=batch.text_tokens[:, :length], text_mask=batch.text_mask[:, :length])
 
 
 class NonFiniteFeatures(MELUserError):
@@ -333,78 +306,3 @@ def _nonfinite_items(features: MMoEFeatures) -> dict[int, list[str]]:
         for row in nonfinite_rows(tensor):
             bad.setdefault(row, []).append(name)
     return bad
-
-
-# -- training batches -----------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainSet:
-    """The train mentions that can be trained on, and how many could not (and why)."""
-
-    positions: np.ndarray  # into Mentions
-    mention_rows: np.ndarray
-    gold_rows: np.ndarray
-    negative_pools: list[np.ndarray]  # entity rows of the best non-gold candidates
-    left_out: dict[str, int]  # reason -> count (nil mentions, missing features)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-
-def train_set(mentions: Mentions, pool_size: int, split: str = "train") -> TrainSet:
-    """Non-nil mentions of `split` with features and a gold that has features; the others are counted."""
-    in_split = np.flatnonzero(mentions.split == split)
-    left_out = {"nil": int(mentions.is_nil[in_split].sum())}
-    linkable = in_split[~mentions.is_nil[in_split]]
-    no_features = linkable[mentions.mention_row[linkable] < 0]
-    no_gold = linkable[(mentions.mention_row[linkable] >= 0) & (mentions.gold_row[linkable] < 0)]
-    left_out.update({NO_MENTION_FEATURES: len(no_features), NO_GOLD_FEATURES: len(no_gold)})
-    usable = linkable[(mentions.mention_row[linkable] >= 0) & (mentions.gold_row[linkable] >= 0)]
-    if len(usable) == 0:
-        raise MELUserError(f"The {split} split has no mention to train on ({len(in_split)} mentions: "
-                           f"{_describe_left_out(left_out)}); check the mentions table and the feature stores.")
-    pools = []
-    for position in usable:
-        candidates = mentions.candidates[position]
-        pools.append(candidates[candidates != mentions.gold_row[position]][:pool_size])
-    return TrainSet(usable, mentions.mention_row[usable], mentions.gold_row[usable], pools, left_out)
-
-
-def _describe_left_out(left_out: dict[str, int]) -> str:
-    return ", ".join(f"{count} {reason}" for reason, count in left_out.items()) or "none"
-
-
-@dataclass
-class TrainBatch:
-    positions: np.ndarray  # into Mentions
-    mention_rows: np.ndarray
-    entity_rows: np.ndarray  # distinct columns: the golds first, then hard negatives
-    targets: np.ndarray  # column of each mention's gold
-
-
-def epoch_batches(data: TrainSet, batch_size: int, hard_negatives: int, seed: int, epoch: int) -> list[TrainBatch]:
-    """The batches of one epoch: a permutation and hard negatives drawn from (seed, epoch) only."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(data))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
-        golds = data.gold_rows[chosen]
-        negatives = [_sample(data.negative_pools[i], hard_negatives, rng) for i in chosen]
-        columns = _unique_in_order(np.concatenate([golds, *negatives]).astype(np.int64))
-        column_of = {row: column for column, row in enumerate(columns.tolist())}
-        targets = np.asarray([column_of[row] for row in golds.tolist()], dtype=np.int64)
-        batches.append(TrainBatch(data.positions[chosen], data.mention_rows[chosen], columns, targets))
-    return batches
-
-
-def _sample(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    if count == 0 or len(pool) == 0:
-        return np.zeros(0, np.int64)
-    return pool[np.sort(rng.choice(len(pool), size=min(count, len(pool)), replace=False))]
-
-
-def _unique_in_order(values: np.ndarray) -> np.ndarray:
-    _, first = np.unique(values, return_index=True)
-    return values[np.sort(first)]

@@ -5,9 +5,12 @@ an answer outside its top K is never scored. The trained matcher's score has a s
 of one vector per item, so its entities can be indexed and its mentions searched like any embedding:
 
     retrieval_index       `EntityIndex` over `TrainedEntityVectors` (ids = KB indices, flat or IVF by size,
-                          synced in place, GPU when present), at `index/trained`
+                          synced in place, GPU when present), at `catalog.retrieval_index_dir`
+                          (`build_retrieval_index`)
     retrieval_candidates  top-K per mention from it (the `mention_candidates` schema), which evaluation and
-                          linking rerank
+                          linking rerank (`find_retrieval_candidates`)
+
+Both stages use the lake's current model (`trained.current_model`).
 
 An entity's vector depends on its features and the model alone, so a new or changed entity is encoded and
 added without retraining, and a new model rebuilds the index (its identity is part of the index's). A
@@ -26,36 +29,31 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from model import MMoEMatcher, retrieval_dim
+from pipeline import catalog
 from pipeline.errors import MELUserError
 from pipeline.features.store import FeatureStore
 from pipeline.hashing import hash_strings
-from pipeline.index import EntityIndex, IndexReport, IndexSettings, find_mention_candidates, update_entity_index
+from pipeline.index import EntityIndex, IndexReport, IndexSettings, find_candidates, update_entity_index
 from pipeline.index.candidates import CandidatesReport
-from pipeline.index.faiss_index import exact_search
+from pipeline.index.search import exact_search
 from pipeline.index.vectors import EntityScan, entity_ids
 from pipeline.lake import Lake
-from pipeline.training.data import Inputs, Mentions, entity_store_dir, load_features
-from pipeline.training.evaluate import EvaluationReport, evaluate_model, load_matcher, model_identity
-from pipeline.training.scoring import REFERENCE_ENTITY_CHUNK, REFERENCE_MENTION_CHUNK
+from pipeline.training.data import Mentions, load_features
+from pipeline.training.encodings import REFERENCE_ENTITY_CHUNK, REFERENCE_MENTION_CHUNK
+from pipeline.training.trained import current_model, load_matcher, model_identity
 
 RETRIEVAL_VERSION = "1"  # bump when the vectors of a given model change
 RETRIEVAL_RULE = "the trained matcher's separable score part: concat(text cls, image cls, cross ti, cross it)/sqrt(2n)"
-RETRIEVAL_TABLE = "retrieval_candidates"
 ASSET = "retrieval_index"
 ENCODE_BATCH = 256
 NOT_FINITE = "retrieval vector has NaN/Inf values"
 
 log = logging.getLogger(__name__)
-
-
-def retrieval_index_dir(lake: Lake) -> Path:
-    return lake.root / "index" / "trained"
 
 
 def encode_vectors(matcher: MMoEMatcher, store: FeatureStore, rows: np.ndarray, device: torch.device,
@@ -182,31 +180,33 @@ class TrainedMentionQueries:
 class RetrievalIndexReport:
     index: IndexReport
     encoded: int  # entities whose vectors were computed (the others were already in the index)
-    model: str  # model identity (evaluate.model_identity)
+    model: str  # model identity (trained.model_identity)
     device: str
 
 
-def build_retrieval_index(lake: Lake, model: dict, settings: IndexSettings, device: torch.device,
+def build_retrieval_index(lake: Lake, settings: IndexSettings, *, device: torch.device,
                           logger=log) -> RetrievalIndexReport:
-    """Bring the trained index up to date with `model` (a TrainingReport dict) and the entity store: built for a
-    new model, synced for a changed KB (only new or changed entities are encoded), kept when neither changed."""
-    entities = FeatureStore.open(entity_store_dir(lake))
+    """The `retrieval_index` stage: bring the trained index up to date with the lake's current model and the
+    entity store: built for a new model, synced for a changed KB (only new or changed entities are encoded),
+    kept when neither changed."""
+    model = current_model(lake)
+    entities = FeatureStore.open(catalog.entity_store_dir(lake))
     matcher = load_matcher(model, None, entities, device, logger)
     identity = model_identity(model)
     source = TrainedEntityVectors(matcher, identity, entities, device)
-    report = update_entity_index(source, retrieval_index_dir(lake), settings, logger, what=ASSET)
+    report = update_entity_index(source, catalog.retrieval_index_dir(lake), settings, logger, what=ASSET)
     return RetrievalIndexReport(report, source.encoded, identity, str(device))
 
 
 def open_retrieval_index(lake: Lake, model: dict) -> EntityIndex:
     """The trained index, refused with one sentence naming both when it holds another model's vectors."""
-    index = EntityIndex.load(retrieval_index_dir(lake), asset=ASSET)
+    index = EntityIndex.load(catalog.retrieval_index_dir(lake), asset=ASSET)
     current = model_identity(model)
     built_with = index.config.get("model")
     if built_with != current:
         raise MELUserError(
-            f"The {ASSET} at {retrieval_index_dir(lake)} holds the vectors of model {str(built_with)[:12]}, but the "
-            f"current model is {current[:12]} (checkpoint {model['checkpoint']}); re-materialize {ASSET}.")
+            f"The {ASSET} at {catalog.retrieval_index_dir(lake)} holds the vectors of model {str(built_with)[:12]}, "
+            f"but the current model is {current[:12]} (checkpoint {model['checkpoint']}); re-materialize {ASSET}.")
     return index
 
 
@@ -236,10 +236,12 @@ class RetrievalIndexCheck:
         return found
 
 
-def check_retrieval_index(lake: Lake, model: dict) -> RetrievalIndexCheck:
-    """The trained index against the current model and entity store, from content keys alone (no encoding)."""
-    index = EntityIndex.load(retrieval_index_dir(lake), asset=ASSET)
-    entities = FeatureStore.open(entity_store_dir(lake))
+def check_retrieval_index(lake: Lake) -> RetrievalIndexCheck:
+    """The trained index against the lake's current model and entity store, from content keys alone (no
+    encoding)."""
+    model = current_model(lake)
+    index = EntityIndex.load(catalog.retrieval_index_dir(lake), asset=ASSET)
+    entities = FeatureStore.open(catalog.entity_store_dir(lake))
     current = model_identity(model)
     kb, keys = trained_keys(entities, current)
     expected = dict(zip(kb.tolist(), keys))
@@ -251,27 +253,18 @@ def check_retrieval_index(lake: Lake, model: dict) -> RetrievalIndexCheck:
         extra=sorted(index.keys.keys() - expected.keys()))
 
 
-def mention_queries(lake: Lake, model: dict, mentions: FeatureStore, device: torch.device,
-                    logger=log) -> TrainedMentionQueries:
-    entities = FeatureStore.open(entity_store_dir(lake))
-    matcher = load_matcher(model, None, entities, device, logger)
-    return TrainedMentionQueries(matcher, model_identity(model), mentions, device)
-
-
-def find_retrieval_candidates(lake: Lake, model: dict, mentions: FeatureStore, settings: IndexSettings,
-                              top_k: int, device: torch.device, logger=log) -> CandidatesReport:
-    """Top-K per mention of the `mentions` table from the trained index into `retrieval_candidates`."""
+def find_retrieval_candidates(lake: Lake, settings: IndexSettings, *, device: torch.device,
+                              logger=log) -> CandidatesReport:
+    """The `retrieval_candidates` stage: top-K (`settings.candidates_per_mention`) per mention of the `mentions`
+    table, its query from the lake's mention store (`catalog.mention_store_dir`) under the current model,
+    searched in the trained index (which must hold that model's vectors)."""
+    mentions = FeatureStore.open(catalog.mention_store_dir(lake))
+    model = current_model(lake)
     index = open_retrieval_index(lake, model)
-    queries = mention_queries(lake, model, mentions, device, logger)
-    return find_mention_candidates(lake, index, queries, settings, top_k, logger, table_name=RETRIEVAL_TABLE)
-
-
-def evaluate_over_trained_index(lake: Lake, settings, model: dict, inputs: Inputs, logger=log) -> EvaluationReport:
-    """`evaluate_model` with `rerank@K` over the trained index's candidates and `zero_shot_rerank@K` over the
-    zero-shot index's, side by side (the trained index must hold this model's vectors)."""
-    open_retrieval_index(lake, model)
-    return evaluate_model(lake, settings, model, inputs, logger, retrieval=inputs.candidates_from(RETRIEVAL_TABLE),
-                          retrieval_fingerprint=lake.table_fingerprint(RETRIEVAL_TABLE) or "")
+    entities = FeatureStore.open(catalog.entity_store_dir(lake))
+    matcher = load_matcher(model, None, entities, device, logger)
+    queries = TrainedMentionQueries(matcher, model_identity(model), mentions, device)
+    return find_candidates(lake, index, queries, settings, table_name=catalog.RETRIEVAL_CANDIDATES, logger=logger)
 
 
 # -- training rounds ------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ for the published rates. An explicit `lr > 0` overrides both.
 Everything that decides the trained weights goes into `recipe()`, whose digest keys the stored run (so a
 change of any of it trains anew and an unchanged recipe reuses or resumes); the device, AMP and batch sizes
 of evaluation do not.
+
+Every field is documented here (`pipeline.settings.setting`) and checked on creation: a bad value raises
+`SettingError` naming the field (the Dagster resource is generated from this dataclass).
 """
 
 from __future__ import annotations
@@ -18,78 +21,87 @@ from dataclasses import dataclass
 
 import torch
 
-from model import DATASET_TOP_K, MMoEConfig
+from model import DATASET_TOP_K, GATE_MODES, UNITS, MMoEConfig
 from pipeline.devices import resolve_device
 from pipeline.errors import MELUserError
+from pipeline.settings import SettingError, setting
 
-GATE_MODES = ("topk", "reference")
 LR_PRESETS = ("head", "paper")
 PAPER_LR = {"wikimel": 5e-6, "richpediamel": 1e-5, "wikidiverse": 1e-5}
 HEAD_LR = 3e-4  # matcher head on frozen features; chosen from the lr sweep in bench/mmoe.md
-UNIT_NAMES = ("text", "image", "cross")
+POSITIVE = ("num_experts", "hidden_dim", "batch_size", "epochs", "rerank_k", "eval_batch_size", "retrieval_rounds")
+NOT_NEGATIVE = ("patience", "hard_negatives", "hard_negative_pool", "lr", "weight_decay", "aux_loss_weight",
+                "retrieval_loss_weight")
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What to train and how. Defaults: the paper's WikiMEL setting with a head-only learning rate."""
+    """How the MMoE matcher is trained and evaluated (defaults: the paper's WikiMEL recipe, head-only lr)."""
 
-    preset: str = "wikimel"  # wikimel | richpediamel | wikidiverse: top-k of the experts and the paper's lr
-    gate_mode: str = "topk"  # topk (paper) | reference (published code, batch-dependent scores)
-    top_k: int = 0  # experts per token; 0 = the preset's (3 / 4 / 2)
-    num_experts: int = 4
-    hidden_dim: int = 96  # width of the vision projection and of the three units (paper: 96)
-    units: tuple[str, ...] = UNIT_NAMES  # scoring units kept (ablations)
-    lr_preset: str = "head"  # head (HEAD_LR) | paper (PAPER_LR of the preset)
-    lr: float = 0.0  # > 0 overrides lr_preset
-    weight_decay: float = 1e-4  # except biases and norm weights
-    batch_size: int = 32
-    epochs: int = 20
-    patience: int = 3  # epochs without a better dev MRR before stopping
-    hard_negatives: int = 3  # per mention, from its FAISS candidates, gold excluded
-    hard_negative_pool: int = 20  # sampled among the best this many non-gold candidates
-    retrieval_loss_weight: float = 1.0  # weight of the separable part's own CE (the trained index ranks by it)
-    retrieval_rounds: int = 2  # most training rounds; round r > 1 mines its candidates from round r-1's model
-    aux_loss_weight: float = 0.01  # load-balancing loss (topk only)
-    seed: int = 0
-    device: str = "auto"  # auto = cuda when available
-    amp: bool = True  # bf16 (or fp16 + loss scaling) autocast, on CUDA only
-    rerank_k: int = 100  # candidates reranked per mention (at most what mention_candidates holds)
-    full_kb: bool = False  # evaluation also scores every KB entity (small KBs, checking)
-    eval_batch_size: int = 64  # mentions per scoring call in evaluation
-    progress: bool = True  # tqdm progress bar during training
+    preset: str = setting("wikimel", "wikimel | richpediamel | wikidiverse: the experts' top-k (3 / 4 / 2) and "
+                          "the paper's learning rate.")
+    gate_mode: str = setting("topk", "topk (the paper) | reference (the published code's gate, batch-dependent "
+                             "scores; see model/GATES.md).")
+    top_k: int = setting(0, "Experts per token; 0 = the preset's.")
+    num_experts: int = setting(4, "Experts per mixture (paper: 4).")
+    hidden_dim: int = setting(96, "Width of the units (paper: 96).")
+    units: tuple[str, ...] = setting(UNITS, "Scoring units kept: text, image, cross.")
+    lr_preset: str = setting("head", f"head ({HEAD_LR:g}: the matcher alone on frozen features) | paper (5e-6 "
+                             "WikiMEL / 1e-5 others, for fine-tuning all of CLIP).")
+    lr: float = setting(0.0, "Learning rate; 0 = from lr_preset.")
+    weight_decay: float = setting(1e-4, "AdamW decay (not on biases and norms).")
+    batch_size: int = setting(32, "Train mentions per batch (in-batch negatives).")
+    epochs: int = setting(20, "Most epochs.")
+    patience: int = setting(3, "Epochs without a better dev MRR before stopping; 0 = never stop early.")
+    hard_negatives: int = setting(3, "Per mention, from its FAISS candidates (gold excluded).")
+    hard_negative_pool: int = setting(20, "Hard negatives are drawn among this many best non-gold candidates.")
+    retrieval_loss_weight: float = setting(1.0, "Weight of the cross-entropy of the score's separable part, which "
+                                           "the trained index ranks by; 0 = train the total score only.")
+    retrieval_rounds: int = setting(2, "Most training rounds: round 1 draws hard negatives from the zero-shot "
+                                    "index, each later one from the previous round's trained index; they stop "
+                                    "when dev MRR over the trained index stops improving.")
+    aux_loss_weight: float = setting(0.01, "Load-balancing loss weight (topk gate only).")
+    seed: int = setting(0, "Seed of initialisation, data order and negatives.")
+    device: str = setting("auto", "auto (cuda when available) | cpu | cuda | cuda:N.")
+    amp: bool = setting(True, "bf16/fp16 autocast on CUDA.")
+    rerank_k: int = setting(100, "Candidates reranked per mention.")
+    full_kb: bool = setting(False, "Evaluation also scores every KB entity (small KBs, checking the reranking).")
+    eval_batch_size: int = setting(64, "Mentions per scoring call.")
+    progress: bool = setting(True, "A tqdm progress line in the log during training.")
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.units) - set(UNIT_NAMES))
+        unknown = sorted(set(self.units) - set(UNITS))
         if unknown:
-            raise MELUserError(f"TrainingResource.units names {unknown}; the units are {', '.join(UNIT_NAMES)}.")
-        object.__setattr__(self, "units", tuple(u for u in UNIT_NAMES if u in tuple(self.units)))
+            raise SettingError(TrainingSettings, f"units names {unknown}; the units are {', '.join(UNITS)}.")
+        object.__setattr__(self, "units", tuple(u for u in UNITS if u in tuple(self.units)))
+        self._check()
 
-    def validate(self) -> None:
-        """MELUserError naming the first bad setting."""
+    def _check(self) -> None:
+        """SettingError naming the first bad setting."""
         if self.preset not in PAPER_LR:
-            raise MELUserError(f"TrainingResource.preset {self.preset!r} is not one of {', '.join(PAPER_LR)}.")
+            self._refuse(f"preset {self.preset!r} is not one of {', '.join(PAPER_LR)}.")
         if self.gate_mode not in GATE_MODES:
-            raise MELUserError(f"TrainingResource.gate_mode {self.gate_mode!r} is not one of topk, reference.")
+            self._refuse(f"gate_mode {self.gate_mode!r} is not one of {', '.join(GATE_MODES)}.")
         if self.lr_preset not in LR_PRESETS:
-            raise MELUserError(f"TrainingResource.lr_preset {self.lr_preset!r} is not one of head, paper.")
+            self._refuse(f"lr_preset {self.lr_preset!r} is not one of {', '.join(LR_PRESETS)}.")
         if not self.units:
-            raise MELUserError(f"TrainingResource.units must name at least one of {', '.join(UNIT_NAMES)}.")
+            self._refuse(f"units must name at least one of {', '.join(UNITS)}.")
         if not 1 <= self.effective_top_k <= self.num_experts:
-            raise MELUserError(f"TrainingResource.top_k ({self.effective_top_k}) must be between 1 and "
-                               f"num_experts ({self.num_experts}).")
-        positive = ("num_experts", "hidden_dim", "batch_size", "epochs", "rerank_k", "eval_batch_size",
-                    "retrieval_rounds")
-        for name in positive:
+            self._refuse(f"top_k ({self.effective_top_k}) must be between 1 and num_experts ({self.num_experts}).")
+        for name in POSITIVE:
             if getattr(self, name) < 1:
-                raise MELUserError(f"TrainingResource.{name} must be at least 1, not {getattr(self, name)}.")
-        for name in ("patience", "hard_negatives", "hard_negative_pool", "lr", "weight_decay", "aux_loss_weight",
-                     "retrieval_loss_weight"):
+                self._refuse(f"{name} must be at least 1, not {getattr(self, name)}.")
+        for name in NOT_NEGATIVE:
             if getattr(self, name) < 0:
-                raise MELUserError(f"TrainingResource.{name} must not be negative, not {getattr(self, name)}.")
+                self._refuse(f"{name} must not be negative, not {getattr(self, name)}.")
         if self.hard_negatives > self.hard_negative_pool:
-            raise MELUserError(f"TrainingResource.hard_negatives ({self.hard_negatives}) exceeds "
-                               f"hard_negative_pool ({self.hard_negative_pool}).")
+            self._refuse(f"hard_negatives ({self.hard_negatives}) exceeds hard_negative_pool "
+                         f"({self.hard_negative_pool}).")
         self.torch_device()
+
+    @staticmethod
+    def _refuse(message: str):
+        raise SettingError(TrainingSettings, message)
 
     @property
     def effective_top_k(self) -> int:
@@ -105,7 +117,7 @@ class TrainingSettings:
         return dataclasses.replace(self, **changes)
 
     def torch_device(self) -> torch.device:
-        return resolve_device(self.device, "TrainingResource.device")
+        return resolve_device(self.device, TrainingSettings)
 
     def recipe(self) -> dict:
         """The settings that decide the trained weights (device, AMP and evaluation settings excluded)."""
@@ -121,10 +133,10 @@ class TrainingSettings:
                 f"The feature store's CLIP text width ({dims['Wt']}) differs from its embedding width "
                 f"({dims['D']}); the MMoE matcher needs them equal (true of CLIP ViT-B and ViT-L models).")
         if self.gate_mode == "reference" and dims["L"] != dims["P1"]:
-            raise MELUserError(
-                f"TrainingResource.gate_mode 'reference' needs as many text token states as image tokens (the "
-                f"published cross-modal router pairs them by position), but the feature store holds {dims['L']} "
-                f"and {dims['P1']}; set ClipResource.text_tokens to {dims['P1']} or use gate_mode 'topk'.")
+            self._refuse(
+                f"gate_mode 'reference' needs as many text token states as image tokens (the published "
+                f"cross-modal router pairs them by position), but the feature store holds {dims['L']} and "
+                f"{dims['P1']}; set the feature setting text_tokens to {dims['P1']} or use gate_mode 'topk'.")
         hidden = self.hidden_dim
         return MMoEConfig.from_clip_dims(
             dims["D"], dims["Wt"], dims["Wv"], vision_dim=hidden, text_hidden_dim=hidden,

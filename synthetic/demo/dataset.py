@@ -14,9 +14,21 @@ from pathlib import Path
 
 from pipeline.locks import exclusive_lock, process_alive
 
-from .world import SPLITS, build_world
-from .writer import (DUMP_PATH, TruthBuilder, defect_records, dump_entries, dump_text, json_list, kb_record,
-                     mention_record, readme_text, search_dump, statistics, write_images)
+from .readme import readme_text, statistics
+from .truth import TruthBuilder
+from .world import build_world
+from .world_types import SPLITS
+from .writer import (
+    DUMP_PATH,
+    defect_records,
+    dump_entries,
+    dump_text,
+    json_list,
+    kb_record,
+    mention_record,
+    search_dump,
+    write_images,
+)
 
 DEMO_GENERATOR_VERSION = "1"
 MARKER = ".complete"

@@ -1,5 +1,6 @@
 """A synthetic lake for tests and benchmarks: feature stores, `mentions` and `mention_candidates`, written by
-the project's real writers (StoreWriter, Lake.write_table, the FAISS index and candidate search).
+the project's real writers (StoreWriter, Lake.write_table, the FAISS index and candidate search) at the
+places `pipeline.catalog` names.
 
 The world: entities come in groups of `group_size` near-twins, like namesakes. Every feature vector has a
 group part, shared by the twins and `group_scale` times larger, in its first half of dimensions, and the
@@ -15,27 +16,30 @@ store), so a 100k-entity store of any width never sits in memory.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
-from pipeline.features.encoder import EncodedBatch
-from pipeline.features.store import FeatureStore, StoreWriter
+from model.features import MMoEFeatures
+from pipeline import catalog
+from pipeline.features import FeatureStore, StoreWriter
+from pipeline.features.schema import batch_dims
 from pipeline.hashing import hash_bytes
-from pipeline.index import EntityIndex, IndexSettings, ItemVectors, find_mention_candidates, update_entity_index
-from pipeline.index.faiss_index import index_dir
+from pipeline.index import IndexSettings, build_entity_index, find_mention_candidates
+from pipeline.ingest import MENTIONS_SCHEMA
 from pipeline.lake import Lake
-from pipeline.mimic import MENTIONS_SCHEMA
-from pipeline.training.data import entity_store_dir, mention_store_dir
 
 SPLITS = ("train", "dev", "test")
 CHUNK = 4096
-FEATURES = ("text_pooled", "text_tokens", "text_mask", "image_pooled", "image_tokens", "has_image")
 ZERO_IMAGE_VALUE = 0.1  # the (constant) features of items without an image
 SMALL_DIMS = {"D": 16, "L": 8, "Wt": 16, "P1": 5, "Wv": 12}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,52 +62,43 @@ def build_synthetic_lake(lake: Lake, world: SyntheticWorld = SyntheticWorld()) -
     chunk = CHUNK - CHUNK % world.group_size  # a group never straddles two chunks
     entity_chunks = (_entity_chunk(world, start, min(start + chunk, world.entities))
                      for start in range(0, world.entities, chunk))
-    write_store(entity_store_dir(lake), [str(i) for i in range(world.entities)], entity_chunks, world.encoder,
+    write_store(catalog.entity_store_dir(lake), [str(i) for i in range(world.entities)], entity_chunks, world.encoder,
                 {"kind": "entity", "synthetic": True})
     table, gold = _mentions_table(world)
-    entities = FeatureStore.open(entity_store_dir(lake))
-    write_store(mention_store_dir(lake), table.column("mention_id").to_pylist(),
+    entities = FeatureStore.open(catalog.entity_store_dir(lake))
+    write_store(catalog.mention_store_dir(lake), table.column("mention_id").to_pylist(),
                 _mention_chunks(world, entities, gold), world.encoder, {"kind": "mention", "synthetic": True})
-    lake.write_table("mentions", table, fingerprint=f"synthetic-{world.seed}-{len(table)}",
+    lake.write_table(catalog.MENTIONS, table, fingerprint=f"synthetic-{world.seed}-{len(table)}",
                      extra={"dataset_dir": str(lake.root)})
     index_candidates(lake, world.top_k)
     return lake
 
 
-def index_candidates(lake: Lake, top_k: int, mention_store: Path | None = None) -> None:
-    """The real retrieval stage on the lake's stores: entity index, then mention_candidates."""
-    settings = IndexSettings(use_gpu="never")
-    entities = FeatureStore.open(entity_store_dir(lake))
-    update_entity_index(ItemVectors.from_store(entities), index_dir(lake), settings)
-    mentions = FeatureStore.open(mention_store or mention_store_dir(lake))
-    find_mention_candidates(lake, EntityIndex.load(index_dir(lake)), ItemVectors.from_store(mentions), settings,
-                            top_k)
+def index_candidates(lake: Lake, top_k: int) -> None:
+    """The real retrieval stages on the lake's stores: entity index, then mention_candidates."""
+    settings = IndexSettings(use_gpu="never", candidates_per_mention=top_k)
+    build_entity_index(lake, settings, logger=log)
+    find_mention_candidates(lake, settings, logger=log)
 
 
-def write_store(root: Path, ids: list[str], chunks: Iterator[dict[str, np.ndarray]], encoder: dict,
+def write_store(root: Path, ids: list[str], chunks: Iterator[MMoEFeatures], encoder: dict,
                 recipe: dict) -> None:
-    """Write feature chunks {text_pooled, text_tokens, text_mask, image_pooled, image_tokens, has_image}, in
-    the order of `ids`, as a feature store (content keys: digests of the values)."""
+    """Write feature chunks (float16 CPU tensors), in the order of `ids`, as a feature store (content keys:
+    digests of the values)."""
     keys: list[str] = []
     with StoreWriter(root, encoder, recipe) as writer:
         for features in chunks:
-            start, end = len(keys), len(keys) + len(features["has_image"])
-            keys += [hash_bytes(ids[row].encode() + features["text_pooled"][row - start].tobytes()
-                                + features["image_tokens"][row - start].tobytes()) for row in range(start, end)]
+            start, end = len(keys), len(keys) + len(features)
+            keys += [hash_bytes(ids[row].encode() + features.text_embeds[row - start].numpy().tobytes()
+                                + features.image_tokens[row - start].numpy().tobytes()) for row in range(start, end)]
             if writer.dims is None:
-                writer.set_dims(_dims_of(features))
-            writer.add(ids[start:end], keys[start:end], EncodedBatch(**features), [False] * (end - start),
+                writer.set_dims(batch_dims(features))
+            writer.add(ids[start:end], keys[start:end], features, [False] * (end - start),
                        [[] for _ in range(end - start)])
         writer.commit(ids, keys)
 
 
-def _dims_of(features: dict) -> dict:
-    return {"D": features["text_pooled"].shape[1], "L": features["text_tokens"].shape[1],
-            "Wt": features["text_tokens"].shape[2], "P1": features["image_tokens"].shape[1],
-            "Wv": features["image_tokens"].shape[2]}
-
-
-def _entity_chunk(world: SyntheticWorld, start: int, end: int) -> dict[str, np.ndarray]:
+def _entity_chunk(world: SyntheticWorld, start: int, end: int) -> MMoEFeatures:
     rng = np.random.default_rng([world.seed, 1, start])
     d, n = world.dims, end - start
     member = np.arange(start, end) // world.group_size
@@ -121,14 +116,17 @@ def _entity_chunk(world: SyntheticWorld, start: int, end: int) -> dict[str, np.n
     return _assemble(twins(d["D"]), twins(d["L"], d["Wt"]), lengths, twins(d["D"]), twins(d["P1"], d["Wv"]), has_image)
 
 
-def _assemble(text_pooled, text_tokens, lengths, image_pooled, image_tokens, has_image) -> dict[str, np.ndarray]:
+def _assemble(text_embeds, text_tokens, lengths, image_embeds, image_tokens, has_image) -> MMoEFeatures:
     mask = np.arange(text_tokens.shape[1])[None, :] < lengths[:, None]
     text_tokens = text_tokens * mask[..., None]
-    image_pooled = np.where(has_image[:, None], image_pooled, ZERO_IMAGE_VALUE)
+    image_embeds = np.where(has_image[:, None], image_embeds, ZERO_IMAGE_VALUE)
     image_tokens = np.where(has_image[:, None, None], image_tokens, ZERO_IMAGE_VALUE)
-    return {"text_pooled": text_pooled.astype(np.float16), "text_tokens": text_tokens.astype(np.float16),
-            "text_mask": mask.astype(np.uint8), "image_pooled": image_pooled.astype(np.float16),
-            "image_tokens": image_tokens.astype(np.float16), "has_image": has_image.astype(bool)}
+
+    def half(values):
+        return torch.from_numpy(values.astype(np.float16))
+
+    return MMoEFeatures(half(text_embeds), half(text_tokens), half(image_embeds), half(image_tokens),
+                        text_mask=torch.from_numpy(mask), has_image=torch.from_numpy(has_image.astype(bool)))
 
 
 def _mentions_table(world: SyntheticWorld) -> tuple[pa.Table, np.ndarray]:
@@ -159,25 +157,26 @@ def append_mentions(lake: Lake, world: SyntheticWorld = SyntheticWorld(), split:
     """Add `count` new mentions to `split` (ids after its existing ones), as a dataset that gained records
     would: rows appended to the mentions table and the mention store, then mention_candidates searched
     again. Returns the new mention ids. Small lakes only (the mention store is rewritten whole)."""
-    table = lake.read_table("mentions")
+    table = lake.read_table(catalog.MENTIONS)
     first = table.column("split").to_pylist().count(split)
     rng = np.random.default_rng([world.seed, 4, first])
     rows, golds = zip(*(_mention_row(world, rng, split, first + i) for i in range(count)))
     combined = pa.concat_tables([table.select(MENTIONS_SCHEMA.names).cast(MENTIONS_SCHEMA),
                                  pa.Table.from_pylist(list(rows), schema=MENTIONS_SCHEMA)])
-    store = FeatureStore.open(mention_store_dir(lake))
+    store = FeatureStore.open(catalog.mention_store_dir(lake))
     new_ids = [row["mention_id"] for row in rows]
-    entities = FeatureStore.open(entity_store_dir(lake))
+    entities = FeatureStore.open(catalog.entity_store_dir(lake))
     new_features = _mention_chunks(world, entities, np.asarray(golds, dtype=np.int64), offset=len(store))
-    write_store(mention_store_dir(lake), store.ids.tolist() + new_ids, iter([_read_all(store), *new_features]),
+    write_store(catalog.mention_store_dir(lake), store.ids.tolist() + new_ids, iter([read_all(store), *new_features]),
                 store.encoder, store.recipe)
-    lake.write_table("mentions", combined, fingerprint=f"synthetic-{world.seed}-{len(combined)}",
-                     extra=lake.table_extra("mentions"))
+    lake.write_table(catalog.MENTIONS, combined, fingerprint=f"synthetic-{world.seed}-{len(combined)}",
+                     extra=lake.table_extra(catalog.MENTIONS))
     index_candidates(lake, world.top_k)
     return new_ids
 
 
-def _mention_chunks(world: SyntheticWorld, entities: FeatureStore, gold: np.ndarray, offset: int = 0) -> Iterator[dict]:
+def _mention_chunks(world: SyntheticWorld, entities: FeatureStore, gold: np.ndarray,
+                    offset: int = 0) -> Iterator[MMoEFeatures]:
     """Noisy copies of the golds' stored features (nil mentions: random features); `offset`: where in the
     store these mentions start (so that appended mentions draw noise of their own)."""
     for start in range(0, len(gold), CHUNK):
@@ -193,25 +192,22 @@ def _mention_chunks(world: SyntheticWorld, entities: FeatureStore, gold: np.ndar
 
         lengths = source.text_mask.numpy().sum(axis=1)
         has_image = rng.random(len(chunk_gold)) >= world.no_image_share
-        yield _assemble(noisy("text_pooled"), noisy("text_tokens"), lengths, noisy("image_pooled"),
+        yield _assemble(noisy("text_embeds"), noisy("text_tokens"), lengths, noisy("image_embeds"),
                         noisy("image_tokens"), has_image)
 
 
-def rewrite_store(root: Path, edit: Callable[[dict], None] | None = None, encoder: dict | None = None,
+def rewrite_store(root: Path, edit: Callable[[MMoEFeatures], None] | None = None, encoder: dict | None = None,
                   drop: tuple[str, ...] = ()) -> None:
-    """Read a whole store, let `edit(features)` change the numpy arrays in place, leave out the ids in `drop`,
+    """Read a whole store, let `edit(features)` change its tensors in place, leave out the ids in `drop`,
     and write it back (tests of bad input: NaN rows, another encoder, missing items). Small stores only."""
     store = FeatureStore.open(root)
     kept = np.flatnonzero(~np.isin(store.ids, list(drop)))
-    features = _read_all(store, kept)
+    features = read_all(store, kept)
     if edit is not None:
         edit(features)
     write_store(root, store.ids[kept].tolist(), iter([features]), encoder or store.encoder, store.recipe)
 
 
-def _read_all(store: FeatureStore, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The features of store `rows` (default: all) as the numpy arrays `write_store` takes."""
-    batch = store.take(np.arange(len(store)) if rows is None else rows)
-    features = {name: getattr(batch, name).numpy().copy() for name in FEATURES}
-    features["text_mask"] = features["text_mask"].astype(np.uint8)
-    return features
+def read_all(store: FeatureStore, rows: np.ndarray | None = None) -> MMoEFeatures:
+    """The features of store `rows` (default: all), as `write_store` takes them."""
+    return store.take(np.arange(len(store)) if rows is None else rows)

@@ -21,11 +21,18 @@ Why it is hard, in the ways the MMoE method targets:
 * ~2% of mentions are nil (the referent is in the dump, not the KB), some test
   entities never occur in train, and a few files are broken on purpose.
 
-Modules: `vocabulary` (kinds and words), `visuals` (signatures and drawing),
-`world` (the pure, seeded world model), `writer` (files, dump, truth, README),
-`dataset` (atomic generation and the completion marker).
+Modules: `vocabulary` (kinds and words), `visuals` (signatures and drawing), `world` (the pure, seeded world
+model: `world_types` its data types, `entities` and `mentions` its parts), `writer` (the MIMIC files, the dump,
+the images), `truth` (what every mention refers to and why), `readme` (statistics and the README), `dataset`
+(atomic generation and the completion marker). `python -m synthetic.demo OUT_DIR` runs it.
 """
 
-from .dataset import DEMO_GENERATOR_VERSION, DemoSummary, ensure_demo_dataset, generate_demo_dataset, is_complete
+from .dataset import (
+    DEMO_GENERATOR_VERSION,
+    DemoSummary,
+    ensure_demo_dataset,
+    generate_demo_dataset,
+    is_complete,
+)
 
 __all__ = ["DEMO_GENERATOR_VERSION", "DemoSummary", "ensure_demo_dataset", "generate_demo_dataset", "is_complete"]

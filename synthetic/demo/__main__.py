@@ -1,4 +1,4 @@
-"""CLI: python -m pipeline.demo OUT_DIR [--seed N] [--no-defects] [--entities N] [--mentions N]"""
+"""CLI: python -m synthetic.demo OUT_DIR [--seed N] [--no-defects] [--entities N] [--mentions N]"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .dataset import generate_demo_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo",
+    parser = argparse.ArgumentParser(prog="python -m synthetic.demo",
                                      description="Generate the deterministic mmoe-mel demo dataset (MIMIC layout).")
     parser.add_argument("out_dir", type=Path, help="directory to create or replace")
     parser.add_argument("--seed", type=int, default=0)
