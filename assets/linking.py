@@ -22,11 +22,8 @@ from assets.training import TrainingResource
 from assets.wikidata import WikidataResource
 from pipeline.errors import MELUserError
 from pipeline.hashing import hash_file
-from pipeline.linking import (
-    LinkSettings, link_inbox_file, linked_file_hashes, linking_state, links_path, list_inbox,
-    out_of_date_partitions,
-    running_accuracy,
-)
+from pipeline.linking import (LinkSettings, link_inbox_file, linked_file_hashes, linking_state, list_inbox,
+                              out_of_date_partitions)
 from pipeline.linking.link import LINK_VERSION
 
 GROUP = "linking"
@@ -55,20 +52,16 @@ def links(context: dg.AssetExecutionContext, lake: LakeResource, dataset: Datase
           wikidata: WikidataResource, llm: LLMResource, clip: ClipResource, index: IndexResource,
           training: TrainingResource) -> dg.MaterializeResult:
     store = lake.lake()
-    key = context.partition_key
     with user_errors():
-        settings = LinkSettings(
-            wikidata=wikidata.settings(), llm=llm.config(), encoder=clip.spec(),
-            description_source=clip.description_source, feature_batch_size=clip.batch_size,
-            num_workers=clip.num_workers, index=index.settings(), top_k=index.top_k, training=training.settings())
-        report = link_inbox_file(store, dataset.locate(store, context.log), key, settings, logger=context.log)
-        overall = running_accuracy(store)
-    table = store.read_table(f"links/{key}")
-    stats = report.stats
+        settings = LinkSettings(wikidata=wikidata.settings(), llm=llm.settings(), encoder=clip.settings(),
+                                index=index.settings(), training=training.settings())
+        report = link_inbox_file(store, settings, dataset.locate(store, context.log), context.partition_key,
+                                 logger=context.log)
+    stats, overall = report.stats, report.running
     metadata = {
-        **table_metadata(table, links_path(store, key), ["record_id", "status", "mention", "gold_qid", "gold_rank",
-                                                         "correct", "problem"]),
-        "top_links": dg.MetadataValue.md(markdown_table(_top_links(table))),
+        **table_metadata(report.table, ["record_id", "status", "mention", "gold_qid", "gold_rank", "correct",
+                                        "problem"]),
+        "top_links": dg.MetadataValue.md(markdown_table(_top_links(report.table.head))),
         **{f"mentions_{status}": count for status, count in stats.get("statuses", {}).items()},
         "records": stats.get("records", 0),
         "accuracy": _number(stats.get("accuracy")),
@@ -92,9 +85,9 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _top_links(table, rows: int = 10) -> list[dict]:
+def _top_links(rows: list[dict]) -> list[dict]:
     out = []
-    for row in table.slice(0, rows).to_pylist():
+    for row in rows:
         best = row["top_entities"][0] if row["top_entities"] else None
         out.append({"record": row["record_id"], "mention": row["mention"], "status": row["status"],
                     "top entity": f"{best['qid']} {best['name']}" if best else "",

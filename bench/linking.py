@@ -142,7 +142,7 @@ def kb_step(instance, lake: Lake, dataset: Path, share: float) -> dict:
 def _sensor_cursor(dataset: Path) -> dict:
     """The cursor a running dataset_change_sensor holds before the KB change: the current mention files and the
     KB files as they were (so the tick sees exactly this change)."""
-    from pipeline.mimic import DatasetLayout
+    from pipeline.ingest import DatasetLayout
 
     return {**DatasetLayout.discover(dataset).change_fingerprints(), "kb": "before the change"}
 

@@ -19,9 +19,10 @@ from PIL import Image
 from assets import features, index, linking, training
 from assets.definitions import defs
 from assets.resources import DatasetResource, LakeResource
-from pipeline.demo import generate_demo_dataset
 from pipeline.lake import Lake
 from pipeline.linking import read_links
+from synthetic.demo import generate_demo_dataset
+from tests.conftest import metadata_of
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -39,7 +40,7 @@ class World:
             "dataset": DatasetResource(dataset_dir=str(self.dataset)),
             "training": training.TrainingResource(**SMALL_TRAINING),
             "clip": features.ClipResource(num_workers=0),
-            "index": index.IndexResource(top_k=30),
+            "index": index.IndexResource(candidates_per_mention=30),
             "inbox": linking.InboxResource(settle_seconds=5),
         }
         self.defs = dg.Definitions(assets=list(defs.assets), asset_checks=list(defs.asset_checks),
@@ -101,11 +102,6 @@ def renamed(records: list, prefix: str) -> list:
     return [{**record, "id": f"{prefix}-{record['id']}"} for record in records]
 
 
-def metadata(result) -> dict:
-    [event] = result.asset_materializations_for_node("links")
-    return {name: value.value for name, value in event.metadata.items()}
-
-
 def step_keys(result) -> set:
     return {event.step_key for event in result.all_events if event.is_step_success}
 
@@ -125,7 +121,7 @@ def test_one_tick_links_exactly_the_new_file_and_recomputes_nothing_else(world, 
     run = world.run(instance, request)
 
     assert run.success and step_keys(run) == {"links"}  # nothing upstream runs, training least of all
-    shown = metadata(run)
+    shown = metadata_of(run, "links")
     assert shown["records"] == 6 and shown["mentions_linked"] == 5 and shown["mentions_rejected"] == 1
     assert shown["features/encoded"] == 5 and shown["rerank/reranked"] == 5 and shown["candidates/searched"] == 5
     assert shown["descriptions/prompts"] == 5 and shown["labelled_mentions"] == 4
@@ -225,7 +221,7 @@ def test_a_partition_links_while_the_kb_is_re_embedded_in_another_process(world,
     config = tmp_path / "reembed.json"  # the world's settings, so that nothing but the encoding is redone
     config.write_text(json.dumps({
         "ops": {"entity_features": {"config": {"force": True}}},
-        "resources": {"training": {"config": SMALL_TRAINING}, "index": {"config": {"top_k": 30}},
+        "resources": {"training": {"config": SMALL_TRAINING}, "index": {"config": {"candidates_per_mention": 30}},
                       "clip": {"config": {"num_workers": 0}}}}))
     dagster = str(Path(sys.executable).parent / "dagster")
     reembed = subprocess.Popen([dagster, "job", "execute", "-m", "assets.definitions", "-j", "refresh_kb_features",
@@ -281,7 +277,7 @@ def test_ten_new_kb_entities_are_linkable_without_retraining(world, instance):
     assert "batch-a.json" in relink and "batch-keeper.json" not in relink
     rerun = world.run(instance, relink["batch-a.json"])
     assert rerun.success
-    shown = metadata(rerun)  # only mentions whose candidates changed are reranked; nothing is encoded again
+    shown = metadata_of(rerun, "links")  # only mentions whose candidates changed are reranked; nothing is encoded again
     assert shown["rerank/reranked"] + shown["rerank/reused"] == 5 and shown["features/encoded"] == 0
     assert "batch-a.json" not in {r.partition_key for r in world.tick(instance, linking.relink_sensor)[0]}
 
@@ -307,4 +303,4 @@ def test_the_schedule_re_embeds_everything_after_an_encoder_change_and_relinks(w
     stale = {r.partition_key for r in world.tick(instance, linking.relink_sensor)[0]}
     assert {"batch-a.json", "batch-keeper.json"} <= stale
     rerun = world.run(instance, dg.RunRequest(partition_key="batch-keeper.json"))
-    assert rerun.success and metadata(rerun)["features/encoded"] == 1
+    assert rerun.success and metadata_of(rerun, "links")["features/encoded"] == 1

@@ -31,76 +31,38 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.describe.backends import LLMConfig
+from pipeline import catalog
+from pipeline.describe.backends import LLMSettings
 from pipeline.describe.select import choice_backend, describe_mentions
 from pipeline.errors import MELUserError
-from pipeline.features import FeatureStore, mention_items_of, mention_store_name, store_dir
+from pipeline.features import EncoderSpec, FeatureStore, mention_items_of
 from pipeline.hashing import hash_strings
-from pipeline.index import (
-    EntityIndex, IndexSettings, check_compatible, read_index_config, search_mentions,
-)
-from pipeline.lake import Lake
+from pipeline.index import EntityIndex, IndexSettings, check_compatible, search_mentions
+from pipeline.lake import Lake, StoredTable
 from pipeline.linking.inbox import InboxBatch, read_inbox_file
+from pipeline.linking.links_table import LINKS_SCHEMA, STATUSES, accuracy, running_accuracy, stored_rows
 from pipeline.training.data import Mentions, kb_rows, rows_or_missing, store_keys
-from pipeline.training.evaluate import load_matcher, model_identity
-from pipeline.training.retrieval import TrainedMentionQueries, open_retrieval_index, retrieval_index_dir
+from pipeline.training.retrieval import TrainedMentionQueries, open_retrieval_index
 from pipeline.training.scoring import TOP_SAVED, rank_mentions
 from pipeline.training.settings import TrainingSettings
-from pipeline.training.train import current_model
+from pipeline.training.trained import current_model, load_matcher, model_identity
 from pipeline.wikidata.candidates import retrieve_candidates
-from pipeline.wikidata.stage import WikidataSettings, open_searcher
+from pipeline.wikidata.settings import WikidataSettings
+from pipeline.wikidata.stage import open_searcher
 
 LINK_VERSION = "1"  # bump when the rows change for the same inputs
-TABLE_DIR = "links"  # tables/links/<partition key>.parquet, one file per partition
-STATUSES = ("linked", "unscored", "rejected")
 
 log = logging.getLogger(__name__)
-
-def _column(name: str, type_: pa.DataType, description: str = "") -> pa.Field:
-    return pa.field(name, type_, metadata={"description": description} if description else None)
-
-
-TOP_ENTITY = pa.struct([
-    ("kb_index", pa.int64()), ("qid", pa.string()), ("name", pa.string()), ("score", pa.float32()),
-    ("text_score", pa.float32()), ("image_score", pa.float32()), ("cross_score", pa.float32()),
-])
-
-LINKS_SCHEMA = pa.schema([  # each column's description shows in the UI's column schema
-    _column("partition", pa.string(), "the inbox file name"),
-    _column("mention_id", pa.string(), "<file>:<record id>; null for a record without a usable id"),
-    _column("record_id", pa.string(), "the record's id in the file"),
-    _column("record_index", pa.int64(), "position in the file"),
-    _column("status", pa.string(), "linked | unscored | rejected"),
-    _column("problem", pa.string(), "why unscored or rejected, and notes (image, unknown answer); null when none"),
-    _column("mention", pa.string(), "the mention string"),
-    _column("sentence", pa.string(), "the sentence it occurs in"),
-    _column("description", pa.string(), "the WikiData description appended to the mention text, if any"),
-    _column("gold_qid", pa.string(), "the answer, when it is a KB QID"),
-    _column("gold_rank", pa.int32(), "1-based among the reranked K; K + 1 = outside; null without a gold"),
-    _column("correct", pa.bool_(), "top entity == gold; null without a gold"),
-    _column("top_entities", pa.list_(TOP_ENTITY), "best first, at most 10"),
-    _column("routing", pa.string(), "JSON: the experts each of the mention's sequences was routed to"),
-    _column("link_key", pa.string(), "what the row depends on (reuse after a KB change)"),
-    _column("model", pa.string(), "fingerprint of the trained model"),
-    _column("checkpoint", pa.string(), "the model's checkpoint folder"),
-    _column("encoder", pa.string(), "JSON identity of the CLIP encoder"),
-    _column("index", pa.string(), "fingerprint of the entity index"),
-    _column("source_file", pa.string(), "inbox/<file>, relative to the dataset"),
-    _column("file_hash", pa.string(), "content hash of the file when it was linked"),
-    _column("linked_at", pa.string(), "UTC time of the link, ISO 8601"),
-])
 
 
 @dataclass(frozen=True)
 class LinkSettings:
+    """Linking runs every stage on the file's mentions, each under its own settings."""
+
     wikidata: WikidataSettings = WikidataSettings()
-    llm: LLMConfig = LLMConfig()
-    encoder: object = None  # pipeline.features.EncoderSpec (imported on use: open_clip loads slowly)
-    description_source: str = "auto"  # ClipResource.description_source: which main mention store to follow
-    feature_batch_size: int = 64
-    num_workers: int = 2
-    index: IndexSettings = IndexSettings()
-    top_k: int = 100  # FAISS candidates per mention
+    llm: LLMSettings = LLMSettings()
+    encoder: EncoderSpec = EncoderSpec()  # must be the encoder of the entity features
+    index: IndexSettings = IndexSettings()  # candidates_per_mention: FAISS candidates per mention
     training: TrainingSettings = TrainingSettings()  # rerank_k, device, eval_batch_size; the model keeps its config
 
 
@@ -109,60 +71,20 @@ class LinkReport:
     partition: str
     reused: bool
     fingerprint: str
-    path: str
+    table: StoredTable  # the partition's links as written (or kept)
     stats: dict = field(default_factory=dict)
+    running: dict = field(default_factory=dict)  # accuracy over every linked partition (running_accuracy)
 
 
-def links_path(lake: Lake, partition: str) -> Path:
-    return lake.table_path(f"{TABLE_DIR}/{partition}")
-
-
-def linked_partitions(lake: Lake) -> list[str]:
-    folder = lake.root / "tables" / TABLE_DIR
-    return sorted(p.name[: -len(".parquet")] for p in folder.glob("*.parquet")) if folder.is_dir() else []
-
-
-def read_links(lake: Lake) -> pa.Table:
-    """Every partition's rows as one table (what a user queries: DuckDB reads `tables/links/*.parquet` too)."""
-    tables = [lake.read_table(f"{TABLE_DIR}/{key}") for key in linked_partitions(lake)]
-    return pa.concat_tables([t.select(LINKS_SCHEMA.names) for t in tables]) if tables else LINKS_SCHEMA.empty_table()
-
-
-def linking_state(lake: Lake) -> dict:
-    """The model and index that links are made with now; a partition made with others is out of date."""
-    model = current_model(lake)
-    index = read_index_config(retrieval_index_dir(lake))
-    if index is None:
-        raise MELUserError(f"There is no trained retrieval index at {retrieval_index_dir(lake)}; materialize "
-                           "retrieval_index first.")
-    return {"model": model["fingerprint"], "index": index["fingerprint"]}
-
-
-def linked_file_hashes(lake: Lake) -> dict[str, str]:
-    """{content hash of the inbox file: partition} over every linked partition."""
-    return {lake.table_extra(f"{TABLE_DIR}/{key}").get("file_hash", ""): key for key in linked_partitions(lake)}
-
-
-def out_of_date_partitions(lake: Lake) -> dict[str, dict]:
-    """Linked partitions whose stored model or index differs from the current ones: {key: stored state}."""
-    current = linking_state(lake)
-    stale = {}
-    for key in linked_partitions(lake):
-        stored = lake.table_extra(f"{TABLE_DIR}/{key}").get("state", {})
-        if {name: stored.get(name) for name in current} != current:
-            stale[key] = stored
-    return stale
-
-
-def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: LinkSettings,
+def link_inbox_file(lake: Lake, settings: LinkSettings, dataset_dir: Path | str, key: str, *,
                     logger=log) -> LinkReport:
     """Link the inbox file `key` and write `tables/links/<key>.parquet`, or reuse it when nothing changed."""
     started = time.perf_counter()
     batch = read_inbox_file(lake, dataset_dir, key)
     model = current_model(lake)
     index = open_retrieval_index(lake, model)
-    entities = FeatureStore.open(store_dir(lake, "entity_features"))
-    description_source = _trained_description_source(lake, settings.description_source)
+    entities = FeatureStore.open(catalog.entity_store_dir(lake))
+    description_source = _trained_description_source(lake)
     encoder = settings.encoder.identity()
     if encoder != entities.encoder:
         raise MELUserError(f"The configured encoder ({encoder.get('arch')}, {encoder.get('weights')}) is not the one "
@@ -170,13 +92,15 @@ def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: Lin
                            f"{entities.encoder.get('weights')}); re-embed the KB (refresh_kb_features) first.")
     state = {"model": model["fingerprint"], "index": index.fingerprint}
     fingerprint = hash_strings([LINK_VERSION, batch.file_hash, json.dumps(state, sort_keys=True),
-                                json.dumps(encoder, sort_keys=True), description_source, str(settings.top_k),
-                                str(settings.training.rerank_k), str(settings.index.nprobe)])
-    name = f"{TABLE_DIR}/{key}"
+                                json.dumps(encoder, sort_keys=True), description_source,
+                                str(settings.index.candidates_per_mention), str(settings.training.rerank_k),
+                                str(settings.index.nprobe)])
+    name = catalog.links_table(key)
     if lake.table_fingerprint(name) == fingerprint:
         logger.info(f"{key}: file, model and index unchanged (fingerprint {fingerprint[:12]}): reusing its links; "
                     "nothing was computed.")
-        return LinkReport(key, True, fingerprint, str(links_path(lake, key)), lake.table_extra(name)["stats"])
+        return LinkReport(key, True, fingerprint, lake.stored_table(name), lake.table_extra(name)["stats"],
+                          running_accuracy(lake))
 
     stats: dict = {"records": batch.records, "mentions": batch.mentions.num_rows, "rejected": len(batch.rejected)}
     logger.info(f"{key}: {batch.records} records, {batch.mentions.num_rows} usable mentions, "
@@ -194,17 +118,17 @@ def link_inbox_file(lake: Lake, dataset_dir: Path | str, key: str, settings: Lin
                   source_file=f"inbox/{key}", file_hash=batch.file_hash,
                   linked_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     table = pa.Table.from_pylist([{**common, **row} for row in rows], schema=LINKS_SCHEMA)
-    stats.update(_accuracy(table.column("correct").to_pylist()), seconds=round(time.perf_counter() - started, 3),
+    stats.update(accuracy(table.column("correct").to_pylist()), seconds=round(time.perf_counter() - started, 3),
                  statuses={status: table.column("status").to_pylist().count(status) for status in STATUSES})
     path = lake.write_table(name, table, fingerprint, extra={"stats": stats, "state": state,
                                                              "file_hash": batch.file_hash})
     logger.info(f"{key}: wrote {table.num_rows} link rows ({stats['statuses']}) to {path} in {stats['seconds']} s.")
-    return LinkReport(key, False, fingerprint, str(path), stats)
+    return LinkReport(key, False, fingerprint, lake.stored_table(name), stats, running_accuracy(lake))
 
 
-def _trained_description_source(lake: Lake, description_source: str) -> str:
-    """The description source the main mention store resolved to: the model was trained on those texts."""
-    store = FeatureStore.open(store_dir(lake, mention_store_name(description_source)))
+def _trained_description_source(lake: Lake) -> str:
+    """The description source the lake's mention store resolved to: the model was trained on those texts."""
+    store = FeatureStore.open(catalog.mention_store_dir(lake))
     return store.recipe.get("resolved_description_source", "dataset")
 
 
@@ -240,11 +164,9 @@ def _features(lake, dataset_dir, batch: InboxBatch, descriptions, settings: Link
 
     items = mention_items_of(batch.mentions, Path(dataset_dir).resolve(), descriptions)
     items.recipe.update(source=f"inbox/{batch.key}")
-    path = store_dir(lake, f"inbox/{batch.key}")
-    report = extract_features(items, path, settings.encoder, batch_size=settings.feature_batch_size,
-                              num_workers=settings.num_workers, logger=logger)
+    report = extract_features(items, catalog.inbox_store_dir(lake, batch.key), settings.encoder, logger=logger)
     stats["features"] = {"encoded": report.encoded, "reused": report.reused}
-    return FeatureStore.open(path)
+    return report.store
 
 
 @dataclass
@@ -257,7 +179,7 @@ def _candidates(index: EntityIndex, queries: TrainedMentionQueries, batch: Inbox
                 stats: dict, logger) -> _Found:
     """One FAISS query per mention against the trained index, with the model's own query vector."""
     check_compatible(index, queries)
-    k = min(settings.top_k, len(index))
+    k = min(settings.index.candidates_per_mention, len(index))
     candidates, _, problems, searched = search_mentions(
         index, queries, batch.mentions.column("mention_id").to_pylist(), k, settings.index,
         settings.index.gpu(), logger)
@@ -281,7 +203,7 @@ def _rerank(lake, batch: InboxBatch, matcher, model: dict, index: EntityIndex, e
                           str(columns["record_index"][i]), *batch.notes.get(mention_id, []),
                           *[f"{c}={index.keys.get(int(c), '')}" for c in found.candidates[i][:k]]])
             for i, (mention_id, feature_key) in enumerate(zip(mention_ids, store_keys(store, mention_rows)))]
-    stored = _stored_rows(lake, batch.key)
+    stored = stored_rows(lake, batch.key)
     todo = [i for i, (mention_id, key) in enumerate(zip(mention_ids, keys))
             if stored.get(mention_id, {}).get("link_key") != key]
     stats["rerank"] = {"reranked": len(todo), "reused": len(mention_ids) - len(todo), "k": k}
@@ -354,22 +276,9 @@ def _rank(batch: InboxBatch, matcher, entities: FeatureStore, store: FeatureStor
     return out
 
 
-def _stored_rows(lake: Lake, key: str) -> dict[str, dict]:
-    name = f"{TABLE_DIR}/{key}"
-    if not lake.has_table(name):
-        return {}
-    try:
-        table = lake.read_table(name)
-    except (OSError, pa.ArrowException):
-        return {}
-    if table.schema.names != LINKS_SCHEMA.names:
-        return {}
-    return {row["mention_id"]: row for row in table.to_pylist() if row["mention_id"] is not None}
-
-
 def _entity_names(lake: Lake) -> dict[int, tuple[str, str]]:
     """KB index -> (QID, name), for the rows a person reads."""
-    table = lake.read_table("entities", columns=["kb_index", "qid", "name"])
+    table = lake.read_table(catalog.ENTITIES, columns=["kb_index", "qid", "name"])
     return {int(k): (q, n) for k, q, n in zip(*(table.column(c).to_pylist() for c in ("kb_index", "qid", "name")))}
 
 
@@ -380,16 +289,4 @@ def _rejected_rows(batch: InboxBatch) -> list[dict]:
             for row in batch.rejected]
 
 
-def _accuracy(correct: list) -> dict:
-    """Hits@1 over the labelled rows (`correct` is null for the others)."""
-    labelled = [value for value in correct if value is not None]
-    return {"labelled": len(labelled), "correct": sum(labelled),
-            "accuracy": round(sum(labelled) / len(labelled), 4) if labelled else None}
 
-
-def running_accuracy(lake: Lake) -> dict:
-    """Hits@1 over every labelled mention of every linked partition."""
-    keys = linked_partitions(lake)
-    correct = [value for key in keys
-               for value in lake.read_table(f"{TABLE_DIR}/{key}", columns=["correct"]).column("correct").to_pylist()]
-    return {"partitions": len(keys), **_accuracy(correct)}
