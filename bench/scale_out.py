@@ -46,10 +46,10 @@ from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter  # no
 from assets.resources import failure_sentence  # noqa: E402
 from bench.pipeline_runs import generate  # noqa: E402
 from bench.report import markdown_table, write_json  # noqa: E402
-from pipeline.features import FeatureStore, store_dir  # noqa: E402
+from pipeline import catalog  # noqa: E402
+from pipeline.features import FeatureStore  # noqa: E402
 from pipeline.features.shards import KBShards, store_content_digest  # noqa: E402
-from pipeline.index import index_dir  # noqa: E402
-from pipeline.index.faiss_index import read_index_config  # noqa: E402
+from pipeline.index import stored_index_identity  # noqa: E402
 from pipeline.lake import Lake  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,10 +114,10 @@ class Deployment:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
 
     def entity_store(self) -> FeatureStore:
-        return FeatureStore.open(store_dir(self.lake, "entity_features"))
+        return FeatureStore.open(catalog.entity_store_dir(self.lake))
 
     def index_fingerprint(self) -> str:
-        return read_index_config(index_dir(self.lake))["fingerprint"]
+        return stored_index_identity(catalog.entity_index_dir(self.lake))["fingerprint"]
 
 
 def free_port() -> int:

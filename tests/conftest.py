@@ -1,4 +1,5 @@
-"""Shared test helpers: a tiny dataset in the MIMIC layout, written field by field."""
+"""Shared test helpers: a tiny dataset in the MIMIC layout, written field by field; the WikiData and LLM
+fixtures that several test modules use."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.describe.backends import LLMSettings, hf_folder, locate_model
 from pipeline.lake import Lake
+from pipeline.training.data import Inputs
+from pipeline.training.settings import TrainingSettings
+from pipeline.training.train import train_model
+from pipeline.training.trainer import TrainingReport
+from pipeline.wikidata import LookupCache
+from synthetic.stores import build_synthetic_lake
+from tests.wikidata_fakes import FakeClock, LocalWikidata
 
 
 def write_image(path: Path, color=(200, 30, 30), size=(32, 32), fmt="JPEG") -> Path:
@@ -102,3 +111,76 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def wikidata():
+    """The WikiData API on a local server (`tests.wikidata_fakes.LocalWikidata`)."""
+    with LocalWikidata() as server:
+        yield server
+
+
+@pytest.fixture
+def lookup_cache(tmp_path):
+    """An empty WikiData lookup cache."""
+    with LookupCache(tmp_path / "wikidata.duckdb") as cache:
+        yield cache
+
+
+@pytest.fixture
+def clock():
+    """The API client's clock and sleep: waits are recorded, nothing sleeps."""
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def smol_folder(request, tmp_path_factory) -> Path:
+    """The bundled GGUF as an HF folder, kept in pytest's cache (a temporary folder without one)."""
+    cache = getattr(request.config, "cache", None)
+    export_root = cache.mkdir("describe-models") if cache else tmp_path_factory.mktemp("describe-models")
+    return hf_folder(locate_model(LLMSettings()), export_root, "transformers")
+
+
+def candidate_rows(mention_id: str, hits: list[tuple[str, str | None]]) -> list[dict]:
+    """`wikidata_candidates` rows of one mention: (qid, description) per candidate, best first."""
+    return [dict(mention_id=mention_id, search="jordan", rank=rank, qid=qid, label="Jordan", description=text,
+                 match="label", source="test") for rank, (qid, text) in enumerate(hits)]
+
+
+# -- MMoE training on a synthetic lake (tests/test_training_*.py, tests/test_evaluation_scoring.py) ---------------
+
+SMALL_TRAINING = TrainingSettings(hidden_dim=8, epochs=2, batch_size=16, rerank_k=20, lr=3e-3, progress=False,
+                                  device="cpu")  # seconds per training on the synthetic lake
+
+
+def train_into(lake: Lake, settings: TrainingSettings, runs_dir: Path, **kwargs) -> TrainingReport:
+    """Train on the lake's inputs into `runs_dir`; the lake's current model stays as it is."""
+    return train_model(Inputs.open(lake), settings, runs_dir, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def synthetic_lake(tmp_path_factory) -> Lake:
+    """A synthetic lake (stores, mentions, entity index, mention_candidates) that a module's tests read."""
+    return build_synthetic_lake(Lake(tmp_path_factory.mktemp("lake")))
+
+
+def materialization(result, asset: str):
+    """The one materialization of `asset` in the result of `dg.materialize` (or of a job run)."""
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == asset]
+    return event.step_materialization_data.materialization
+
+
+def metadata_of(result, asset: str) -> dict:
+    """`asset`'s materialization metadata as plain values, as the UI shows them."""
+    return {name: value.value for name, value in materialization(result, asset).metadata.items()}
+
+
+def failure_message(result) -> str:
+    """The error message of the one step that failed in `result`."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.message
+
+
+def data_version(result, asset: str) -> str:
+    """The data version `asset`'s materialization in `result` recorded."""
+    return materialization(result, asset).tags["dagster/data_version"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo import generate_demo_dataset
+from synthetic.demo import generate_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from bench.scale_out import ENTITY_SIDE, INGEST, Deployment, local_ray_cluster, ray_jobs, ray_launcher
-from pipeline.demo import generate_demo_dataset
 from pipeline.features import FeatureStore
 from pipeline.features.shards import KBShards, store_content_digest
+from synthetic.demo import generate_demo_dataset
 
 pytestmark = pytest.mark.slow
 SHARDS = KBShards(2)
