@@ -35,6 +35,9 @@ class LakeResource(dg.ConfigurableResource):
         return Lake(self.root or None, description_source=self.description_source)
 
 
+_RESOURCE_OF_SETTINGS[Lake] = LakeResource.__name__  # the lake's description_source is a LakeResource setting
+
+
 class DatasetResource(dg.ConfigurableResource):
     """The MIMIC-layout dataset to ingest.
 
