@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.settings import SettingError
+from pipeline.settings import refuse
 
 
 def resolve_device(value: str, settings: type) -> torch.device:
@@ -14,7 +14,9 @@ def resolve_device(value: str, settings: type) -> torch.device:
     try:
         device = torch.device(value)
     except RuntimeError:
-        raise SettingError(settings, f"device {value!r} is not a torch device (use auto, cpu or cuda).") from None
+        device = None
+    if device is None:
+        refuse(settings, f"device {value!r} is not a torch device (use auto, cpu or cuda).")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SettingError(settings, "device is 'cuda' but no CUDA GPU is available; use 'auto'.")
+        refuse(settings, "device is 'cuda' but no CUDA GPU is available; use 'auto'.")
     return device

@@ -1,7 +1,7 @@
 """How a stage declares its settings: one frozen dataclass whose fields carry their documentation.
 
 The Dagster resources are generated from these dataclasses (`assets.resources.settings_resource`), so a setting
-is declared, documented and validated once, here in `pipeline/`. A bad value raises `SettingError`, whose message
+is declared, documented and validated once, here in `pipeline/`. A bad value raises `SettingError` (`refuse`), whose message
 starts with the setting's name; `assets/` prefixes it with the resource that holds it
 ("TrainingResource.gate_mode 'x' is not one of topk, reference.").
 """
@@ -9,6 +9,7 @@ starts with the setting's name; `assets/` prefixes it with the resource that hol
 from __future__ import annotations
 
 import dataclasses
+from typing import NoReturn
 
 from pipeline.errors import MELUserError
 
@@ -29,3 +30,9 @@ class SettingError(MELUserError):
         super().__init__(message)
         self.settings = settings
         self.message = message
+
+
+def refuse(settings, message: str) -> NoReturn:
+    """Raise the SettingError of `settings` (a settings dataclass, or one of its values); `message` starts with
+    the setting's name."""
+    raise SettingError(settings if isinstance(settings, type) else type(settings), message)

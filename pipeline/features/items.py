@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from pipeline import catalog
 from pipeline.errors import MELUserError
-from pipeline.settings import SettingError
+from pipeline.settings import refuse
 from pipeline.hashing import hash_strings
 from pipeline.lake import Lake
 
@@ -80,8 +80,7 @@ def entity_items(lake: Lake) -> Items:
 
 def mention_items(lake: Lake, description_source: str = "auto") -> Items:
     if description_source not in DESCRIPTION_SOURCES:
-        raise SettingError(Lake, f"description_source {description_source!r} is not one of "
-                                 f"{', '.join(DESCRIPTION_SOURCES)}.")
+        refuse(Lake, f"description_source {description_source!r} is not one of {', '.join(DESCRIPTION_SOURCES)}.")
     table = _read(lake, catalog.MENTIONS, ["mention_id", "mention", "sentence", "description", "image_path", "image_digest"])
     resolved = description_source
     if resolved == "auto":
@@ -121,8 +120,8 @@ def mention_items_of(table: pa.Table, image_root: Path, descriptions: list[str |
 
 def _llm_descriptions(lake: Lake) -> dict[str, str]:
     if not lake.has_table(catalog.MENTION_DESCRIPTIONS):
-        raise SettingError(Lake, "description_source is 'llm' but the mention_descriptions table has not been "
-                                 "materialized; materialize it or use 'auto'.")
+        refuse(Lake, "description_source is 'llm' but the mention_descriptions table has not been materialized; "
+                     "materialize it or use 'auto'.")
     table = lake.read_table(catalog.MENTION_DESCRIPTIONS, columns=["mention_id", "description"])
     return {mention_id: description for mention_id, description in
             zip(table.column("mention_id").to_pylist(), table.column("description").to_pylist()) if description}

@@ -18,7 +18,7 @@ import torch
 from pipeline.devices import resolve_device
 from pipeline.features.schema import STORED_FLOAT
 from pipeline.hashing import hash_file
-from pipeline.settings import SettingError, setting
+from pipeline.settings import refuse, setting
 
 DEFAULT_ARCH = "mel-tiny-clip"  # registered from model_configs/: the offline, untrained default
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -52,7 +52,7 @@ class EncoderSpec:
 
     def __post_init__(self):
         if self.batch_size < 1 or self.num_workers < 0:
-            raise SettingError(EncoderSpec, f"batch_size must be >= 1 and num_workers >= 0 "
+            refuse(self, f"batch_size must be >= 1 and num_workers >= 0 "
                                f"(got {self.batch_size} and {self.num_workers}).")
 
     @property
@@ -67,24 +67,21 @@ class EncoderSpec:
     def validate(self) -> None:
         open_clip = _open_clip()
 
-        def refuse(message: str):
-            raise SettingError(EncoderSpec, message)
-
         if open_clip.get_model_config(self.arch) is None and not self.bundles_weights:
-            refuse(f"arch {self.arch!r} is not an open_clip architecture "
+            refuse(self, f"arch {self.arch!r} is not an open_clip architecture "
                    f"(see open_clip.list_models(), e.g. 'ViT-B-32', or the offline default {DEFAULT_ARCH!r}).")
         if self.pretrained and self.checkpoint:
-            refuse("pretrained and checkpoint are both set; set only one of them.")
+            refuse(self, "pretrained and checkpoint are both set; set only one of them.")
         if self.checkpoint and not Path(self.checkpoint).is_file():
-            refuse(f"checkpoint {self.checkpoint} is not a file.")
+            refuse(self, f"checkpoint {self.checkpoint} is not a file.")
         if self.pretrained and Path(self.pretrained).is_file():
-            refuse(f"pretrained {self.pretrained} is a file; set it as checkpoint instead, so its content "
+            refuse(self, f"pretrained {self.pretrained} is a file; set it as checkpoint instead, so its content "
                    "identifies the features.")
         if self.precision not in PRECISIONS:
-            refuse(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}.")
+            refuse(self, f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}.")
         context_length = (open_clip.get_model_config(self.arch) or {}).get("text_cfg", {}).get("context_length", 77)
         if not 1 <= self.text_tokens <= context_length:
-            refuse(f"text_tokens ({self.text_tokens}) must be between 1 and the context length of "
+            refuse(self, f"text_tokens ({self.text_tokens}) must be between 1 and the context length of "
                    f"{self.arch} ({context_length}).")
 
     def weights(self) -> str:
@@ -123,7 +120,7 @@ class EncoderSpec:
         if precision == "auto":
             precision = "fp16" if device.type == "cuda" else "fp32"
         if precision == "fp16" and device.type != "cuda":
-            raise SettingError(EncoderSpec, "precision 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on the CPU.")
+            refuse(self, "precision 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on the CPU.")
         return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 

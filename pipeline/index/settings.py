@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import faiss
 
-from pipeline.settings import SettingError, setting
+from pipeline.settings import refuse, setting
 
 KINDS = ("auto", "flat", "ivf")
 GPU_CHOICES = ("auto", "always", "never")
@@ -35,16 +35,16 @@ class IndexSettings:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            refuse(f"kind={self.kind!r} is not one of {', '.join(KINDS)}.")
+            refuse(self, f"kind={self.kind!r} is not one of {', '.join(KINDS)}.")
         if self.use_gpu not in GPU_CHOICES:
-            refuse(f"use_gpu={self.use_gpu!r} is not one of {', '.join(GPU_CHOICES)}.")
+            refuse(self, f"use_gpu={self.use_gpu!r} is not one of {', '.join(GPU_CHOICES)}.")
         for name in ("flat_max_entities", "nprobe", "candidates_per_mention"):
             if getattr(self, name) < 1:
-                refuse(f"{name}={getattr(self, name)} must be at least 1.")
+                refuse(self, f"{name}={getattr(self, name)} must be at least 1.")
         if self.nlist < 0:
-            refuse(f"nlist={self.nlist} must be 0 (automatic) or positive.")
+            refuse(self, f"nlist={self.nlist} must be 0 (automatic) or positive.")
         if not 0.0 <= self.min_recall <= 1.0:
-            refuse(f"min_recall={self.min_recall} must be between 0 and 1.")
+            refuse(self, f"min_recall={self.min_recall} must be between 0 and 1.")
 
     def kind_for(self, entities: int) -> str:
         if self.kind != "auto":
@@ -55,18 +55,14 @@ class IndexSettings:
         """About 4 sqrt(N) lists (faiss's guideline), capped so each gets enough training points."""
         if self.nlist:
             if self.nlist > entities:
-                refuse(f"nlist={self.nlist} exceeds the {entities} usable entities; lower it or set 0.")
+                refuse(self, f"nlist={self.nlist} exceeds the {entities} usable entities; lower it or set 0.")
             return self.nlist
         return max(1, min(round(4 * math.sqrt(entities)), entities // TRAIN_POINTS_PER_LIST))
 
     def gpu(self) -> bool:
         available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
         if self.use_gpu == "always" and not available:
-            refuse("use_gpu='always' needs faiss with GPU support (faiss-gpu) and a visible GPU; "
+            refuse(self, "use_gpu='always' needs faiss with GPU support (faiss-gpu) and a visible GPU; "
                    "neither is present here.")
         return available and self.use_gpu != "never"
 
-
-def refuse(message: str):
-    """Raise the SettingError of an index setting; ``message`` starts with the setting's name."""
-    raise SettingError(IndexSettings, message)

@@ -24,7 +24,7 @@ import torch
 from model import DATASET_TOP_K, GATE_MODES, UNITS, MMoEConfig
 from pipeline.devices import resolve_device
 from pipeline.errors import MELUserError
-from pipeline.settings import SettingError, setting
+from pipeline.settings import refuse, setting
 
 LR_PRESETS = ("head", "paper")
 PAPER_LR = {"wikimel": 5e-6, "richpediamel": 1e-5, "wikidiverse": 1e-5}
@@ -72,36 +72,32 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.units) - set(UNITS))
         if unknown:
-            raise SettingError(TrainingSettings, f"units names {unknown}; the units are {', '.join(UNITS)}.")
+            refuse(self, f"units names {unknown}; the units are {', '.join(UNITS)}.")
         object.__setattr__(self, "units", tuple(u for u in UNITS if u in tuple(self.units)))
         self._check()
 
     def _check(self) -> None:
         """SettingError naming the first bad setting."""
         if self.preset not in PAPER_LR:
-            self._refuse(f"preset {self.preset!r} is not one of {', '.join(PAPER_LR)}.")
+            refuse(self, f"preset {self.preset!r} is not one of {', '.join(PAPER_LR)}.")
         if self.gate_mode not in GATE_MODES:
-            self._refuse(f"gate_mode {self.gate_mode!r} is not one of {', '.join(GATE_MODES)}.")
+            refuse(self, f"gate_mode {self.gate_mode!r} is not one of {', '.join(GATE_MODES)}.")
         if self.lr_preset not in LR_PRESETS:
-            self._refuse(f"lr_preset {self.lr_preset!r} is not one of {', '.join(LR_PRESETS)}.")
+            refuse(self, f"lr_preset {self.lr_preset!r} is not one of {', '.join(LR_PRESETS)}.")
         if not self.units:
-            self._refuse(f"units must name at least one of {', '.join(UNITS)}.")
+            refuse(self, f"units must name at least one of {', '.join(UNITS)}.")
         if not 1 <= self.effective_top_k <= self.num_experts:
-            self._refuse(f"top_k ({self.effective_top_k}) must be between 1 and num_experts ({self.num_experts}).")
+            refuse(self, f"top_k ({self.effective_top_k}) must be between 1 and num_experts ({self.num_experts}).")
         for name in POSITIVE:
             if getattr(self, name) < 1:
-                self._refuse(f"{name} must be at least 1, not {getattr(self, name)}.")
+                refuse(self, f"{name} must be at least 1, not {getattr(self, name)}.")
         for name in NOT_NEGATIVE:
             if getattr(self, name) < 0:
-                self._refuse(f"{name} must not be negative, not {getattr(self, name)}.")
+                refuse(self, f"{name} must not be negative, not {getattr(self, name)}.")
         if self.hard_negatives > self.hard_negative_pool:
-            self._refuse(f"hard_negatives ({self.hard_negatives}) exceeds hard_negative_pool "
+            refuse(self, f"hard_negatives ({self.hard_negatives}) exceeds hard_negative_pool "
                          f"({self.hard_negative_pool}).")
         self.torch_device()
-
-    @staticmethod
-    def _refuse(message: str):
-        raise SettingError(TrainingSettings, message)
 
     @property
     def effective_top_k(self) -> int:
@@ -133,7 +129,7 @@ class TrainingSettings:
                 f"The feature store's CLIP text width ({dims['Wt']}) differs from its embedding width "
                 f"({dims['D']}); the MMoE matcher needs them equal (true of CLIP ViT-B and ViT-L models).")
         if self.gate_mode == "reference" and dims["L"] != dims["P1"]:
-            self._refuse(
+            refuse(self,
                 f"gate_mode 'reference' needs as many text token states as image tokens (the published "
                 f"cross-modal router pairs them by position), but the feature store holds {dims['L']} and "
                 f"{dims['P1']}; set the feature setting text_tokens to {dims['P1']} or use gate_mode 'topk'.")

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from pipeline.settings import SettingError, setting
+from pipeline.settings import refuse, setting
 
 DEFAULT_ENDPOINT = "https://www.wikidata.org/w/api.php"
 SOURCES = ("auto", "dump", "api")
@@ -50,23 +50,19 @@ class WikidataSettings:
 
     def __post_init__(self):
         if self.source not in SOURCES:
-            self._refuse(f"source {self.source!r} is not one of {', '.join(SOURCES)}.")
+            refuse(self, f"source {self.source!r} is not one of {', '.join(SOURCES)}.")
         url = urlparse(self.endpoint)
         if url.scheme not in ("http", "https") or not url.netloc:
-            self._refuse(f"endpoint {self.endpoint!r} is not an http(s) URL.")
+            refuse(self, f"endpoint {self.endpoint!r} is not an http(s) URL.")
         if not self.requests_per_second > 0:
-            self._refuse(f"requests_per_second must be above 0 (got {self.requests_per_second}).")
+            refuse(self, f"requests_per_second must be above 0 (got {self.requests_per_second}).")
         if self.max_retries < 0:
-            self._refuse(f"max_retries must be 0 or more (got {self.max_retries}).")
+            refuse(self, f"max_retries must be 0 or more (got {self.max_retries}).")
         if not self.timeout_s > 0:
-            self._refuse(f"timeout_s must be above 0 (got {self.timeout_s}).")
+            refuse(self, f"timeout_s must be above 0 (got {self.timeout_s}).")
         check_language(self.language)
         if self.max_candidates < 1:
-            self._refuse(f"max_candidates must be 1 or more (got {self.max_candidates}).")
-
-    @staticmethod
-    def _refuse(message: str):
-        raise SettingError(WikidataSettings, message)
+            refuse(self, f"max_candidates must be 1 or more (got {self.max_candidates}).")
 
     def configured_dump(self) -> str:
         """The dump named by `dump_path`, else by $MEL_WIKIDATA_DUMP; empty when neither names one."""
@@ -76,4 +72,4 @@ class WikidataSettings:
 def check_language(language: str) -> None:
     """The language goes into index file names and API requests: only a WikiData language code will do."""
     if not LANGUAGE_CODE.match(language):
-        raise SettingError(WikidataSettings, f"language {language!r} is not a WikiData language code such as 'en'.")
+        refuse(WikidataSettings, f"language {language!r} is not a WikiData language code such as 'en'.")
