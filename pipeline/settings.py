@@ -1,8 +1,8 @@
 """How a stage declares its settings: one frozen dataclass whose fields carry their documentation.
 
 The Dagster resources are generated from these dataclasses (`assets.resources.settings_resource`), so a setting
-is declared, documented and validated once, here in `pipeline/`. A bad value raises `SettingError` (`refuse`), whose message
-starts with the setting's name; `assets/` prefixes it with the resource that holds it
+is declared, documented and validated once, here in `pipeline/`. A bad value raises `SettingError` (through
+`refuse`), whose message starts with the setting's name; `assets/` prefixes it with the resource that holds it
 ("TrainingResource.gate_mode 'x' is not one of topk, reference.").
 """
 
