@@ -81,6 +81,17 @@ def test_a_bad_encoder_setting_fails_with_one_sentence(dataset, tmp_path):
     assert all("'ViT-Nope' is not an open_clip architecture" in e.step_failure_data.error.message for e in failures)
 
 
+def test_a_bad_description_source_names_the_lake_resource(dataset, tmp_path):
+    dataset.write()
+    with dg.instance_for_test() as instance:
+        result = materialize(dataset.root, tmp_path / "lake", instance, description_source="wikidata")
+
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "mention_features"
+    assert ("LakeResource.description_source 'wikidata' is not one of auto, llm, dataset, none."
+            in failure.step_failure_data.error.message)
+
+
 def test_the_weekly_kb_schedule_is_stopped_by_default_and_loads_with_the_assets():
     defs = dg.Definitions(
         assets=ASSETS, asset_checks=CHECKS, jobs=[features.kb_features_job], schedules=[features.weekly_kb_features],
